@@ -1,0 +1,216 @@
+"""Configuration of the Frozen Pretrained Transformer (FPT) method."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from peft.config import PeftConfig
+from peft.utils import TaskType
+
+from .registration import PEFT_TYPE
+
+_POSITIVE_INTS = ("input_dim", "input_vocab_size", "output_dim", "output_tokens", "values_per_token")
+_FLAGS = (
+    "train_layer_norms",
+    "train_positions",
+    "train_input",
+    "train_output",
+    "train_attention",
+    "train_feedforward",
+)
+# Guards against absurd sizes in untrusted adapter_config.json files (a 2**40-row embedding would exhaust memory
+# before any useful error).
+_MAX_SIZE = 2**24
+
+MODEL_CARD_NOTE = (
+    "## Loading this adapter\n\n"
+    "This is a [Frozen Pretrained Transformer](https://arxiv.org/abs/2103.05247) adapter made with "
+    "`fpt-peft`. peft resolves its `peft_type` (`\"FPT\"`) only after **`import fpt_peft`**:\n\n"
+    "```python\n"
+    "import fpt_peft  # registers the FPT method with peft; without it peft fails with KeyError: 'FPT'\n"
+    "from peft import PeftModel\n\n"
+    "model = PeftModel.from_pretrained(base_model, \"<this repo or folder>\")\n"
+    "```\n\n"
+    "Install with `pip install fpt-peft`.\n"
+)
+
+
+@dataclass
+class FPTConfig(PeftConfig):
+    """Configuration of a Frozen Pretrained Transformer adapter.
+
+    The self-attention and feed-forward weights of the base model stay frozen; the adapter trains the layer
+    norms, the learned positional embeddings, a new input layer and an output layer (Lu et al., 2021). Each group
+    has its own switch, mirroring the paper's ablations.
+
+    Args:
+        input_dim (`int`, *optional*):
+            Continuous inputs: width of each input token. Adds a new `Linear(input_dim, hidden_size)` input layer
+            (orthogonal init, gain `input_init_gain`, zero bias); the model then takes `inputs_embeds` of shape
+            `(batch, tokens, input_dim)`.
+        input_vocab_size (`int`, *optional*):
+            Symbolic inputs: size of a new vocabulary. Adds a new `Embedding(input_vocab_size, hidden_size)`; the
+            model then takes `input_ids < input_vocab_size`. Mutually exclusive with `input_dim`.
+        pad_token_id (`int`, *optional*):
+            Padding id of the new vocabulary (default 0 when `input_vocab_size` is set). Written into the base
+            model's config where it has none, as sequence-classification heads need one.
+        output_dim (`int`, *optional*):
+            Adds an FPT output layer for backbone models (`AutoModel`): `Linear(hidden_size, output_dim *
+            values_per_token)` applied to the last `output_tokens` (non-padding) tokens. Logits have shape
+            `(batch, output_tokens * values_per_token, output_dim)`, or `(batch, output_dim)` when that is one value;
+            with `labels` the cross-entropy loss is returned. Not used with `task_type="SEQ_CLS"`, where the
+            model's own classification head is trained and saved.
+        output_tokens (`int`): how many last tokens the output layer reads (default 1).
+        values_per_token (`int`): predicted values per read token (e.g. bits per patch; default 1).
+        train_layer_norms, train_positions (`bool`): train the layer norms / learned positional embeddings.
+        train_input, train_output (`bool`): train the new input / output layer (when off, it keeps its random
+            initialisation and is still saved, so a reload is exact).
+        train_attention, train_feedforward (`bool`): also train the self-attention / feed-forward weights of every
+            block (off in FPT; on for the paper's ablations).
+        input_init_gain (`float`): gain of the orthogonal initialisation of the continuous input layer.
+        target_modules (`list[str]` or `str`, *optional*):
+            Override discovery: the modules whose weights are trained (names, suffixes or a regex). By default the
+            norms, learned positional embeddings (and, if switched on, attention / feed-forward linears) are found
+            structurally; the resolved names are written here so that a load is exact.
+        exclude_modules (`list[str]` or `str`, *optional*): modules never to adapt.
+        modules_to_save (`list[str]`, *optional*): other modules to train and save whole (peft semantics).
+        position_parameters (`list[str]`, *optional*): positional embeddings that are bare parameters (e.g. ViT's
+            `embeddings.position_embeddings`); resolved by discovery.
+        base_model_type, base_hidden_size: recorded on first use; a load onto another architecture or width fails.
+    """
+
+    input_dim: int | None = field(default=None, metadata={"help": "Width of continuous input tokens."})
+    input_vocab_size: int | None = field(default=None, metadata={"help": "Size of a new symbol vocabulary."})
+    pad_token_id: int | None = field(default=None, metadata={"help": "Padding id of the new vocabulary."})
+    output_dim: int | None = field(default=None, metadata={"help": "Classes per value of the FPT output layer."})
+    output_tokens: int = field(default=1, metadata={"help": "Last tokens read by the FPT output layer."})
+    values_per_token: int = field(default=1, metadata={"help": "Values predicted per read token."})
+    train_layer_norms: bool = field(default=True, metadata={"help": "Train the layer norms."})
+    train_positions: bool = field(default=True, metadata={"help": "Train learned positional embeddings."})
+    train_input: bool = field(default=True, metadata={"help": "Train the new input layer."})
+    train_output: bool = field(default=True, metadata={"help": "Train the output layer."})
+    train_attention: bool = field(default=False, metadata={"help": "Train self-attention weights."})
+    train_feedforward: bool = field(default=False, metadata={"help": "Train feed-forward weights."})
+    input_init_gain: float = field(default=1.41, metadata={"help": "Orthogonal init gain of the input layer."})
+    target_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Modules to train instead of the discovered ones (names or regex)."}
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules never to adapt."})
+    modules_to_save: list[str] | None = field(default=None, metadata={"help": "Extra modules to train and save."})
+    position_parameters: list[str] | None = field(
+        default=None, metadata={"help": "Positional embeddings that are bare parameters (resolved)."}
+    )
+    base_model_type: str | None = field(default=None, metadata={"help": "model_type of the base (recorded)."})
+    base_hidden_size: int | None = field(default=None, metadata={"help": "Width of the base model (recorded)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE  # type: ignore[assignment]
+        self._validate()
+        if self.input_vocab_size is not None and self.pad_token_id is None:
+            self.pad_token_id = 0
+
+    def _validate(self) -> None:
+        for name in _FLAGS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"FPTConfig.{name} must be a bool, got {type(value).__name__} {value!r}.")
+        for name in _POSITIVE_INTS:
+            value = getattr(self, name)
+            if value is None and name in ("input_dim", "input_vocab_size", "output_dim"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_SIZE:
+                raise ValueError(f"FPTConfig.{name} must be an int in [1, {_MAX_SIZE}], got {value!r}.")
+        if self.input_dim is not None and self.input_vocab_size is not None:
+            raise ValueError(
+                "FPTConfig takes either input_dim (continuous inputs, passed as inputs_embeds) or input_vocab_size "
+                f"(symbols, passed as input_ids), not both; got input_dim={self.input_dim}, "
+                f"input_vocab_size={self.input_vocab_size}."
+            )
+        if self.pad_token_id is not None:
+            upper = self.input_vocab_size or _MAX_SIZE
+            if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < upper:
+                raise ValueError(f"FPTConfig.pad_token_id must be an int in [0, {upper}), got {self.pad_token_id!r}.")
+        if not isinstance(self.input_init_gain, (int, float)) or not 0 < float(self.input_init_gain) < 1e3:
+            raise ValueError(f"FPTConfig.input_init_gain must be a positive number, got {self.input_init_gain!r}.")
+        is_seq_cls = self.task_type in (TaskType.SEQ_CLS, "SEQ_CLS")
+        if self.output_dim is not None and is_seq_cls:
+            raise ValueError(
+                "FPTConfig.output_dim adds an FPT output layer to a backbone model (AutoModel, task_type=None); with "
+                "task_type='SEQ_CLS' the model's own classification head is the output layer. Drop one of them."
+            )
+        if is_seq_cls and not self.train_output:
+            raise ValueError(
+                "train_output=False is not supported with task_type='SEQ_CLS': peft always trains and saves the "
+                "classification head. For the output-frozen ablation use a backbone (AutoModel) with output_dim."
+            )
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, list, set, tuple)):
+                raise TypeError(f"FPTConfig.{name} must be a str or a list of str, got {type(value).__name__}.")
+            if isinstance(value, (set, tuple)):
+                setattr(self, name, sorted(value))
+
+    @property
+    def output_values(self) -> int:
+        """Number of values the FPT output layer predicts per example."""
+        return self.output_tokens * self.values_per_token
+
+    @classmethod
+    def check_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        """Refuse fields this version does not know, instead of silently dropping them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(
+                f"adapter_config.json has fields that FPTConfig does not know: {unknown}. It was probably written "
+                "by a newer fpt-peft or peft, or edited by hand; upgrade fpt-peft or remove those fields."
+            )
+        peft_type = kwargs.get("peft_type")
+        if peft_type is not None and peft_type != PEFT_TYPE:
+            raise ValueError(f"adapter_config.json has peft_type={peft_type!r}; FPTConfig loads only 'FPT'.")
+        return super().check_kwargs(**kwargs)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
+    ) -> FPTConfig:
+        """Load a config from a folder or Hub repo; a malformed ``adapter_config.json`` raises a clear error."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)  # type: ignore[return-value]
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"adapter_config.json at {pretrained_model_name_or_path!r} is not valid JSON ({exc})."
+            ) from exc
+        except TypeError as exc:
+            raise ValueError(
+                f"adapter_config.json at {pretrained_model_name_or_path!r} does not describe an FPTConfig: {exc}"
+            ) from exc
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Save ``adapter_config.json`` and make sure the folder's model card says how to load the adapter."""
+        super().save_pretrained(save_directory, **kwargs)
+        write_model_card_note(save_directory)
+
+
+def write_model_card_note(save_directory: str) -> None:
+    """Add the "import fpt_peft" loading note to ``README.md`` in ``save_directory`` (atomically, once)."""
+    path = os.path.join(save_directory, "README.md")
+    text = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    if "import fpt_peft" in text:
+        return
+    if not text:
+        text = "---\nlibrary_name: peft\ntags:\n- fpt\n---\n\n"
+    text = text.rstrip("\n") + "\n\n" + MODEL_CARD_NOTE
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+

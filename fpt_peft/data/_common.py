@@ -1,0 +1,183 @@
+"""Helpers shared by the task modules: argument checks, dataset builders and source loading."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+# Split names accepted for the evaluation split, with the names datasets on the hub and on disk use.
+SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "test": ("test",),
+    "validation": ("validation", "valid", "val", "dev"),
+}
+_DATA_SUFFIXES = {".parquet": "parquet", ".csv": "csv"}
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise a ValueError naming ``name``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def continuous_dataset(inputs: np.ndarray, labels: np.ndarray) -> datasets.Dataset:
+    """In-memory dataset with ``inputs_embeds`` (float32, (N, tokens, dim)) and int64 ``labels``."""
+    _, tokens, dim = inputs.shape
+    label_feature: datasets.Value | datasets.Sequence = datasets.Value("int64")
+    if labels.ndim == 2:
+        label_feature = datasets.Sequence(datasets.Value("int64"), length=labels.shape[1])
+    features = datasets.Features(
+        {"inputs_embeds": datasets.Array2D(shape=(tokens, dim), dtype="float32"), "labels": label_feature}
+    )
+    data = {"inputs_embeds": inputs.astype(np.float32), "labels": labels.astype(np.int64)}
+    return datasets.Dataset.from_dict(data, features=features).with_format("torch")
+
+
+def symbolic_dataset(ids: Sequence[Sequence[int]], labels: Sequence[int], length: int) -> datasets.Dataset:
+    """In-memory dataset of right-padded ``input_ids`` (pad id 0), ``attention_mask`` and ``labels``.
+
+    Ids and mask are stored as int16 to save memory; the torch format returns them as int64.
+    """
+    padded = np.zeros((len(ids), length), dtype=np.int16)
+    mask = np.zeros((len(ids), length), dtype=np.int16)
+    for row, seq in enumerate(ids):
+        padded[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    features = datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int16"), length=length),
+            "attention_mask": datasets.Sequence(datasets.Value("int16"), length=length),
+            "labels": datasets.Value("int64"),
+        }
+    )
+    data = {"input_ids": padded, "attention_mask": mask, "labels": np.asarray(labels, dtype=np.int64)}
+    return datasets.Dataset.from_dict(data, features=features).with_format("torch")
+
+
+def fit_lengths(
+    train: list[list[int]], eval_: list[list[int]], max_tokens: int, truncation: bool
+) -> tuple[list[list[int]], list[list[int]], int]:
+    """Check (or cut) sequences against ``max_tokens``; return both splits and their common padded length."""
+    longest = max(len(s) for s in train + eval_)
+    if longest > max_tokens:
+        if not truncation:
+            raise ValueError(
+                f"The longest sequence has {longest} tokens, more than max_tokens={max_tokens}. "
+                "Pass truncation=True to cut sequences to max_tokens, or raise max_tokens."
+            )
+        train = [s[:max_tokens] for s in train]
+        eval_ = [s[:max_tokens] for s in eval_]
+        longest = max_tokens
+    return train, eval_, longest
+
+
+def cap(dataset: datasets.Dataset, limit: int | None, name: str) -> datasets.Dataset:
+    """The first ``limit`` examples of ``dataset`` (all of them when ``limit`` is None)."""
+    if limit is None:
+        return dataset
+    check_int(name, limit)
+    return dataset.select(range(min(limit, len(dataset))))
+
+
+def check_columns(dataset: datasets.Dataset, required: Sequence[str], source: str) -> None:
+    """Raise a ValueError naming the missing columns and the columns found."""
+    missing = [c for c in required if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{source!r} is missing column(s) {missing}; expected {list(required)}, "
+            f"found {dataset.column_names}."
+        )
+
+
+def _split_of(path: Path, root: Path) -> str | None:
+    """Split a data file belongs to, from its file name or else its folder names (hub layouts)."""
+    for part in [path.stem, *reversed(path.relative_to(root).parent.parts)]:
+        lowered = part.lower()
+        for split, aliases in SPLIT_ALIASES.items():
+            if any(lowered.startswith(alias) for alias in aliases):
+                return split
+    return None
+
+
+def _find_split_files(root: Path, formats: Sequence[str]) -> tuple[str, dict[str, list[str]]] | None:
+    """The first format in ``formats`` with data files under ``root``, and those files by split."""
+    for fmt in formats:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and _DATA_SUFFIXES.get(p.suffix) == fmt)
+        if not files:
+            continue
+        by_split: dict[str, list[str]] = {}
+        for path in files:
+            split = _split_of(path, root)
+            if split is not None:
+                by_split.setdefault(split, []).append(str(path))
+        if not by_split:
+            raise ValueError(
+                f"Found {fmt} files under {str(root)!r} but none named for a split "
+                f"(train*, test*, valid*/validation*): {[str(p) for p in files[:10]]}."
+            )
+        return fmt, by_split
+    return None
+
+
+def _looks_local(source: str) -> bool:
+    return (
+        source.startswith((".", "/", "~", "\\"))
+        or source.count("/") > 1
+        or Path(source).suffix in _DATA_SUFFIXES
+        or os.path.splitdrive(source)[0] != ""
+    )
+
+
+def _pick(splits: dict[str, datasets.Dataset], split: str, source: str) -> datasets.Dataset:
+    for alias in SPLIT_ALIASES.get(split, (split,)):
+        if alias in splits:
+            return splits[alias]
+    raise ValueError(f"{source!r} has no {split!r} split; found splits {sorted(splits)}.")
+
+
+def load_splits(
+    source: str, eval_split: str, formats: Sequence[str], image_folder: bool = False
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Load the train and ``eval_split`` splits of ``source``.
+
+    ``source`` is a hub dataset id (loaded with ``datasets.load_dataset(source)``) or a local directory:
+    data files (``formats``, e.g. parquet or csv) are found recursively and assigned to splits by name
+    (``train*``, ``test*``, ``valid*``/``validation*``); with ``image_folder=True`` a directory without
+    such files is loaded as an ``imagefolder`` tree (``train/<class>/*.png``, ``test/<class>/*.png``).
+    """
+    if eval_split not in SPLIT_ALIASES or eval_split == "train":
+        raise ValueError(f"eval_split must be 'test' or 'validation', got {eval_split!r}.")
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(
+                f"source={source!r} is a single file; pass the directory holding the split files "
+                "(train*, test*, valid*/validation*)."
+            )
+        found = _find_split_files(path, formats)
+        if found is not None:
+            fmt, files = found
+            for split in ("train", eval_split):
+                if split not in files:
+                    raise ValueError(
+                        f"No {split!r} split files under {source!r}; found {fmt} files for {sorted(files)}."
+                    )
+            wanted = {split: files[split] for split in ("train", eval_split)}
+            loaded = datasets.load_dataset(fmt, data_files=wanted)
+        elif image_folder:
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+        else:
+            raise ValueError(f"No {' or '.join(formats)} files found under {source!r}.")
+    elif _looks_local(source):
+        raise FileNotFoundError(f"source={source!r} looks like a local path but does not exist.")
+    else:
+        loaded = datasets.load_dataset(source)
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise TypeError(f"Expected a DatasetDict from {source!r}, got {type(loaded).__name__}.")
+    splits = dict(loaded)
+    return _pick(splits, "train", source), _pick(splits, eval_split, source)

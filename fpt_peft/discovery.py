@@ -1,0 +1,84 @@
+"""Structural discovery of the parameter groups FPT trains or keeps frozen.
+
+Nothing here is keyed by architecture name: norms are found by module type, learned positional embeddings by
+the names every Hugging Face family uses for them, attention and feed-forward linears by their place inside the
+repeated blocks. That covers GPT-2, BERT, RoBERTa, OPT, GPT-NeoX, Llama, ViT and most other families.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+POSITION_NAMES = ("wpe", "position_embeddings", "embed_positions", "position_embedding", "pos_embed")
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.LayerNorm,
+    nn.RMSNorm,
+    nn.GroupNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+)
+_NORM_CLASS_NAME = re.compile(r"(LayerNorm|RMSNorm|Norm)$")
+_BLOCK = re.compile(r"\.\d+\.")
+_ATTENTION = re.compile(r"(^|\.)(attn|attention|self_attn|self_attention|crossattention)(\.|$)")
+
+
+@dataclass
+class FPTTargets:
+    """What discovery found in a model: module and parameter names per group."""
+
+    norms: list[str] = field(default_factory=list)
+    position_modules: list[str] = field(default_factory=list)
+    position_parameters: list[str] = field(default_factory=list)
+    attention: list[str] = field(default_factory=list)
+    feedforward: list[str] = field(default_factory=list)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer with trainable (affine) parameters."""
+    norm_like = isinstance(module, _NORM_TYPES) or bool(_NORM_CLASS_NAME.search(type(module).__name__))
+    return norm_like and any(True for _ in module.parameters(recurse=False))
+
+
+def _is_linear(module: nn.Module) -> bool:
+    # transformers' Conv1D (GPT-2) is a linear layer with transposed weights.
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def discover(model: nn.Module, skip: tuple[str, ...] = ()) -> FPTTargets:
+    """Find norms, learned positional embeddings and the attention / feed-forward linears of ``model``.
+
+    ``skip`` holds module names (and their subtrees) to leave out, e.g. the input embedding or the heads.
+    """
+    targets = FPTTargets()
+    for name, module in model.named_modules():
+        if not name or any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if is_norm(module):
+            targets.norms.append(name)
+        elif leaf in POSITION_NAMES and isinstance(module, nn.Embedding):
+            targets.position_modules.append(name)
+        elif _is_linear(module) and _BLOCK.search(f".{name}."):
+            (targets.attention if _ATTENTION.search(name) else targets.feedforward).append(name)
+        for param_name, _ in module.named_parameters(recurse=False):
+            if param_name in POSITION_NAMES and not isinstance(module, nn.Embedding):
+                targets.position_parameters.append(f"{name}.{param_name}")
+    return targets
+
+
+def position_capacity(model: nn.Module, position_modules: list[str]) -> int | None:
+    """Longest input (in tokens) the learned positional embeddings can index, or None when unbounded/unknown."""
+    capacities = []
+    for name in position_modules:
+        module = model.get_submodule(name)
+        base = getattr(module, "base_layer", module)
+        if not isinstance(base, nn.Embedding):
+            continue
+        offset = getattr(base, "offset", 0)  # OPT reserves two rows
+        if base.padding_idx is not None:  # RoBERTa-style positions start after the padding index
+            offset = max(offset, base.padding_idx + 1)
+        capacities.append(base.num_embeddings - offset)
+    return min(capacities) if capacities else None
