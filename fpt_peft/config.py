@@ -178,9 +178,13 @@ class FPTConfig(PeftConfig):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
     ) -> FPTConfig:
-        """Load a config from a folder or Hub repo; a malformed ``adapter_config.json`` raises a clear error."""
+        """Load a config from a folder or Hub repo.
+
+        A malformed ``adapter_config.json``, or a local adapter folder whose weights file is missing or corrupted,
+        raises a clear error here, before peft touches the model.
+        """
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)  # type: ignore[return-value]
+            config: FPTConfig = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         except json.JSONDecodeError as exc:
             raise ValueError(
                 f"adapter_config.json at {pretrained_model_name_or_path!r} is not valid JSON ({exc})."
@@ -189,11 +193,35 @@ class FPTConfig(PeftConfig):
             raise ValueError(
                 f"adapter_config.json at {pretrained_model_name_or_path!r} does not describe an FPTConfig: {exc}"
             ) from exc
+        folder = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
+        if os.path.isdir(folder):
+            check_adapter_weights(folder)
+        return config
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Save ``adapter_config.json`` and make sure the folder's model card says how to load the adapter."""
         super().save_pretrained(save_directory, **kwargs)
         write_model_card_note(save_directory)
+
+
+def check_adapter_weights(folder: str) -> None:
+    """Raise a clear error if ``folder`` has no readable adapter weights file."""
+    from safetensors import safe_open
+
+    path = os.path.join(folder, "adapter_model.safetensors")
+    if not os.path.exists(path):
+        if os.path.exists(os.path.join(folder, "adapter_model.bin")):
+            return
+        raise FileNotFoundError(
+            f"{folder!r} has an adapter_config.json but no adapter_model.safetensors: the adapter was not saved "
+            "completely. Save it again with model.save_pretrained(...)."
+        )
+    try:
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():  # adapters are small: reading them all also catches truncated data
+                handle.get_tensor(key)
+    except Exception as exc:
+        raise ValueError(f"{path!r} is corrupted or truncated and cannot be read as safetensors ({exc}).") from exc
 
 
 def write_model_card_note(save_directory: str) -> None:

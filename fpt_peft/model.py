@@ -34,8 +34,8 @@ class FPTOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-def hidden_size_of(model: nn.Module) -> int:
-    """Width of the residual stream of ``model``."""
+def hidden_size_of(model: nn.Module) -> int | None:
+    """Width of the residual stream of ``model``, or None when it cannot be told."""
     config = getattr(model, "config", None)
     if config is not None:
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -45,9 +45,7 @@ def hidden_size_of(model: nn.Module) -> int:
                 return value
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     weight = getattr(embedding, "weight", None)
-    if weight is None:
-        raise ValueError(f"Cannot tell the hidden size of {type(model).__name__}; it has no config.hidden_size.")
-    return int(weight.shape[-1])
+    return None if weight is None else int(weight.shape[-1])
 
 
 class FPTModel(BaseTuner):
@@ -77,6 +75,12 @@ class FPTModel(BaseTuner):
         model = self.model
         hidden = hidden_size_of(model)
         model_type = model_config.get("model_type")
+        new_layers = peft_config.input_dim or peft_config.input_vocab_size or peft_config.output_dim
+        if hidden is None and new_layers:
+            raise ValueError(
+                f"FPT cannot tell the width of {type(model).__name__} (no config.hidden_size and no input embedding), "
+                "so it cannot size a new input or output layer."
+            )
         if peft_config.base_hidden_size is not None and peft_config.base_hidden_size != hidden:
             raise ValueError(
                 f"This FPT adapter was made for a base model of width {peft_config.base_hidden_size} "
@@ -180,7 +184,7 @@ class FPTModel(BaseTuner):
                 parent_name, _, child = owner_name.rpartition(".")
                 parent = model.get_submodule(parent_name) if parent_name else model
                 setattr(parent, child, FPTParameterLayer(owner, param_name, adapter_name, config))
-        hidden = hidden_size_of(model)
+        hidden = config.base_hidden_size or 0
         if config.input_dim is not None or config.input_vocab_size is not None:
             self._add_input_layer(model, adapter_name, config, hidden)
         if config.output_dim is not None:

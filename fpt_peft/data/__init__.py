@@ -1,0 +1,54 @@
+"""Task data for FPT: the paper's seven tasks (plus an offline image task) as ``datasets`` objects.
+
+Every loader returns a :class:`TaskData` (a :class:`TaskSpec` plus train and eval
+``datasets.Dataset`` splits in torch format, ready for a ``DataLoader`` with the default collate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .bits import bit_memory, bit_xor
+from .homology import homology
+from .images import cifar10, cifar10_lra, digits, mnist, patchify, unpatchify
+from .listops import evaluate_listops, generate_listops, listops
+from .spec import TaskData, TaskSpec
+
+TASKS: dict[str, Callable[..., TaskData]] = {
+    "bit_memory": bit_memory,
+    "bit_xor": bit_xor,
+    "listops": listops,
+    "mnist": mnist,
+    "cifar10": cifar10,
+    "cifar10_lra": cifar10_lra,
+    "homology": homology,
+    "digits": digits,
+}
+
+
+def load_task(name: str, **kwargs: Any) -> TaskData:
+    """Build the task registered as ``name`` in :data:`TASKS`, passing ``kwargs`` to its loader."""
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r}; known tasks: {sorted(TASKS)}.")
+    return TASKS[name](**kwargs)
+
+
+__all__ = [
+    "TASKS",
+    "TaskData",
+    "TaskSpec",
+    "bit_memory",
+    "bit_xor",
+    "cifar10",
+    "cifar10_lra",
+    "digits",
+    "evaluate_listops",
+    "generate_listops",
+    "homology",
+    "listops",
+    "load_task",
+    "mnist",
+    "patchify",
+    "unpatchify",
+]

@@ -18,9 +18,10 @@ def _check_positive(name: str, value: int | None) -> None:
 class TaskSpec:
     """Everything the model side needs to build the FPT input and output layers for a task.
 
-    All fields are keyword-only. Exactly one of ``input_dim`` (continuous inputs: each example has ``inputs_embeds``, float32 of
-    shape ``(tokens, input_dim)``) and ``input_vocab_size`` (symbolic inputs: ``input_ids`` and
-    ``attention_mask``, int64 of shape ``(tokens,)``, right-padded with ``pad_token_id``) is set.
+    All fields are keyword-only. Exactly one of ``input_dim`` (continuous inputs: each example has
+    ``inputs_embeds``, float32 of shape ``(tokens, input_dim)``) and ``input_vocab_size`` (symbolic
+    inputs: ``input_ids`` and ``attention_mask``, int64 of shape ``(tokens,)``, right-padded with
+    ``pad_token_id``) is set.
 
     The output layer reads the last ``output_tokens`` tokens and predicts ``values_per_token`` values of
     ``num_classes`` classes from each, so logits are shaped
@@ -51,8 +52,14 @@ class TaskSpec:
                 f"(symbolic inputs); got input_dim={self.input_dim!r}, "
                 f"input_vocab_size={self.input_vocab_size!r}."
             )
-        for field in ("input_dim", "input_vocab_size", "num_classes", "max_tokens", "output_tokens",
-                      "values_per_token"):
+        for field in (
+            "input_dim",
+            "input_vocab_size",
+            "num_classes",
+            "max_tokens",
+            "output_tokens",
+            "values_per_token",
+        ):
             _check_positive(field, getattr(self, field))
         if self.pad_token_id is not None:
             if self.input_vocab_size is None:

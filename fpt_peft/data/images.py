@@ -1,0 +1,232 @@
+"""Image tasks as patch sequences, without torchvision: MNIST, CIFAR-10, CIFAR-10 LRA, sklearn digits.
+
+Images are scaled to [0, 1], normalised as the official FPT code does, and cut into row-major patches
+(:func:`patchify`, the official ``b c (h p1) (w p2) -> b (h w) (p1 p2 c)``). Hub and local sources are
+decoded lazily with ``Dataset.with_transform``: the returned datasets keep their image and label columns
+renamed to ``inputs_embeds`` and ``labels`` (so ``column_names`` already matches what indexing returns)
+and turn them into float32 patches and int64 labels on access. The official code's CIFAR-10 training
+augmentation (random crop, flip, rotation) is not applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._common import cap, check_columns, check_int, continuous_dataset, load_splits
+from .spec import TaskData, TaskSpec
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the official FPT code's normalisation
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's Grayscale on tensors
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut ``(N, C, H, W)`` images into ``(N, (H/p)*(W/p), p*p*C)`` row-major patches.
+
+    Each patch is flattened as (row in patch, column in patch, channel), like the official FPT code's
+    einops pattern ``b c (h p1) (w p2) -> b (h w) (p1 p2 c)``.
+    """
+    check_int("patch_size", patch_size)
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got shape {tuple(images.shape)}.")
+    n, c, h, w = images.shape
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"Image height and width ({h}x{w}) must be divisible by patch_size ({patch_size}).")
+    p = patch_size
+    x = images.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``(N, tokens, p*p*C)`` back to ``(N, C, height, width)``."""
+    n, tokens, dim = patches.shape
+    p = patch_size
+    c = dim // (p * p)
+    if tokens != (height // p) * (width // p) or dim != p * p * c:
+        raise ValueError(f"Patches of shape {tuple(patches.shape)} do not tile {height}x{width} with p={p}.")
+    x = patches.reshape(n, height // p, width // p, p, p, c).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(n, c, height, width)
+
+
+def _to_tensor(images: Sequence[Any], mode: str, size: int) -> torch.Tensor:
+    """PIL images -> float (N, C, H, W) in [0, 1] (``mode`` "L" or "RGB"); checks the image size."""
+    arrays = []
+    for image in images:
+        if image.size != (size, size):
+            raise ValueError(
+                f"Expected {size}x{size} images, got an image of size {image.size[0]}x{image.size[1]}."
+            )
+        arrays.append(np.asarray(image.convert(mode), dtype=np.uint8))
+    x = torch.from_numpy(np.stack(arrays)).float().div_(255.0)
+    return x.unsqueeze(1) if mode == "L" else x.permute(0, 3, 1, 2)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor(GREY_WEIGHTS, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def _normalise(mean: Sequence[float], std: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - m) / s
+
+    return fn
+
+
+def _image_task(
+    name: str,
+    source: str,
+    *,
+    mode: str,
+    size: int,
+    patch_size: int,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    num_train: int | None,
+    num_eval: int | None,
+    eval_split: str,
+) -> TaskData:
+    """Load ``source``, cap the splits and attach the lazy patching transform."""
+    check_int("patch_size", patch_size)
+    if size % patch_size:
+        raise ValueError(f"{size}x{size} images must be divisible by patch_size ({patch_size}).")
+    splits = load_splits(source, eval_split, formats=("parquet",), image_folder=True)
+
+    def transform(batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        x = prepare(_to_tensor(batch["inputs_embeds"], mode, size))
+        return {"inputs_embeds": patchify(x, patch_size), "labels": torch.tensor(batch["labels"])}
+
+    prepared = []
+    for split, limit, arg in zip(splits, (num_train, num_eval), ("num_train", "num_eval"), strict=True):
+        image_col = "img" if "img" in split.column_names else "image"
+        check_columns(split, [image_col, "label"], source)
+        split = cap(split, limit, arg).select_columns([image_col, "label"])
+        split = split.rename_columns({image_col: "inputs_embeds", "label": "labels"}).with_transform(
+            transform
+        )
+        if len(split) == 0:
+            raise ValueError(f"The {arg[4:]} split of {source!r} is empty.")
+        _ = split[0]  # decode one example now, so that bad images fail here and not in the training loop
+        prepared.append(split)
+    channels = 3 if name == "cifar10" else 1
+    spec = TaskSpec(
+        name=name,
+        input_dim=patch_size * patch_size * channels,
+        num_classes=10,
+        max_tokens=(size // patch_size) ** 2,
+        metric="accuracy",
+    )
+    return TaskData(spec=spec, train=prepared[0], eval=prepared[1])
+
+
+def mnist(
+    source: str = "ylecun/mnist",
+    patch_size: int = 4,
+    num_train: int | None = None,
+    num_eval: int | None = None,
+    eval_split: str = "test",
+) -> TaskData:
+    """MNIST: 28x28 grey in [0, 1] (the official code's Normalize(0, 1) is the identity), 4x4 patches.
+
+    ``source``: hub id, a directory of parquet files in the hub schema (columns ``image``, ``label``)
+    or an ``imagefolder`` tree. Defaults give 49 tokens of 16 values.
+    """
+    return _image_task(
+        "mnist",
+        source,
+        mode="L",
+        size=28,
+        patch_size=patch_size,
+        prepare=lambda x: x,
+        num_train=num_train,
+        num_eval=num_eval,
+        eval_split=eval_split,
+    )
+
+
+def cifar10(
+    source: str = "uoft-cs/cifar10",
+    patch_size: int = 4,
+    num_train: int | None = None,
+    num_eval: int | None = None,
+    eval_split: str = "test",
+) -> TaskData:
+    """CIFAR-10: 32x32 RGB normalised with the official per-channel mean/std, 4x4 patches.
+
+    ``source``: hub id, a directory of parquet files in the hub schema (columns ``img``, ``label``)
+    or an ``imagefolder`` tree. Defaults give 64 tokens of 48 values.
+    """
+    return _image_task(
+        "cifar10",
+        source,
+        mode="RGB",
+        size=32,
+        patch_size=patch_size,
+        prepare=_normalise(CIFAR10_MEAN, CIFAR10_STD),
+        num_train=num_train,
+        num_eval=num_eval,
+        eval_split=eval_split,
+    )
+
+
+def cifar10_lra(
+    source: str = "uoft-cs/cifar10",
+    patch_size: int = 1,
+    num_train: int | None = None,
+    num_eval: int | None = None,
+    eval_split: str = "test",
+) -> TaskData:
+    """CIFAR-10 LRA: greyscale CIFAR-10, normalised to [-1, 1] (mean 0.5, std 0.5), 1024 tokens of 1 pixel."""
+    norm = _normalise((0.5,), (0.5,))
+    return _image_task(
+        "cifar10_lra",
+        source,
+        mode="RGB",
+        size=32,
+        patch_size=patch_size,
+        prepare=lambda x: norm(_grey(x)),
+        num_train=num_train,
+        num_eval=num_eval,
+        eval_split=eval_split,
+    )
+
+
+def digits(patch_size: int = 2, eval_fraction: float = 0.2, seed: int = 0) -> TaskData:
+    """scikit-learn's bundled 8x8 digits (1797 images, offline): pixels scaled to [0, 1], 2x2 patches.
+
+    A seeded split holds out ``eval_fraction`` of the images. Defaults give 16 tokens of 4 values.
+    Needs scikit-learn (``pip install fpt-peft[extras]``).
+    """
+    check_int("patch_size", patch_size)
+    if 8 % patch_size:
+        raise ValueError(f"8x8 digits need a patch_size dividing 8 (1, 2, 4 or 8), got {patch_size}.")
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}.")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("digits() needs scikit-learn: pip install 'fpt-peft[extras]'.") from err
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    patches = patchify(images, patch_size).numpy()
+    order = np.random.default_rng(seed).permutation(len(patches))
+    n_eval = max(1, round(eval_fraction * len(order)))
+    eval_idx, train_idx = order[:n_eval], order[n_eval:]
+    labels = bunch.target.astype(np.int64)
+    spec = TaskSpec(
+        name="digits",
+        input_dim=patch_size * patch_size,
+        num_classes=10,
+        max_tokens=(8 // patch_size) ** 2,
+        metric="accuracy",
+    )
+    return TaskData(
+        spec=spec,
+        train=continuous_dataset(patches[train_idx], labels[train_idx]),
+        eval=continuous_dataset(patches[eval_idx], labels[eval_idx]),
+    )

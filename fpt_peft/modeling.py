@@ -1,0 +1,166 @@
+"""Build the model for a task: a Hugging Face backbone plus an FPT adapter sized by the task's :class:`TaskSpec`.
+
+:func:`build_model` covers the paper's variants: FPT on pretrained weights (the method), the same on random weights
+(``init="random"``, the paper's baseline), every group switched on or off (the ablations), and full finetuning
+(``finetune="full"``), where the adapter holds a trainable copy of every weight the forward pass uses, so that the
+result saves and reloads like any FPT adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+
+from .config import FPTConfig
+from .data.spec import TaskSpec
+from .discovery import discover, position_capacity
+from .model import hidden_size_of
+from .pretrained import DEFAULT_MODEL, resolve_model
+
+logger = logging.getLogger("fpt_peft")
+
+Init = Literal["pretrained", "random"]
+Finetune = Literal["fpt", "full"]
+
+
+def load_backbone(
+    model: str = DEFAULT_MODEL,
+    init: Init = "pretrained",
+    dtype: torch.dtype | str | None = None,
+    seed: int | None = None,
+) -> PreTrainedModel:
+    """Load the backbone (``AutoModel``) named by ``model``: pretrained weights, or its architecture re-initialised.
+
+    ``model`` is ``"minilm"``/``"smollm2"`` (packaged), a local folder or a Hub id (see
+    :func:`fpt_peft.pretrained.resolve_model`). Any failure to find or read it raises an ``OSError`` naming ``--model``.
+    """
+    if init not in ("pretrained", "random"):
+        raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}.")
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype must be a torch dtype name such as 'bfloat16', got {dtype!r}.")
+        dtype = getattr(torch, dtype)
+    path, kwargs = resolve_model(model)  # FileNotFoundError / ModuleNotFoundError with a clear message
+    try:
+        if init == "pretrained":
+            return AutoModel.from_pretrained(path, dtype=dtype, **kwargs)  # type: ignore[no-any-return]
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise OSError(
+            f"--model {model!r}: could not load a model from {path!r} ({type(exc).__name__}: {exc}). Pass a local "
+            "model folder, one of the packaged models ('minilm', 'smollm2') or a Hub id reachable from here."
+        ) from exc
+    if seed is not None:
+        torch.manual_seed(seed)
+    return AutoModel.from_config(config, dtype=dtype)  # type: ignore[no-any-return]
+
+
+def max_positions(backbone: torch.nn.Module) -> int | None:
+    """How many tokens the learned positional embeddings of ``backbone`` hold (None: rotary / unbounded)."""
+    return position_capacity(backbone, discover(backbone).position_modules)
+
+
+def check_fits(spec: TaskSpec, backbone: torch.nn.Module, model: str = "") -> None:
+    """Raise a ValueError if the task's sequences are longer than the model's learned positions."""
+    capacity = max_positions(backbone)
+    if capacity is not None and spec.max_tokens > capacity:
+        raise ValueError(
+            f"Task {spec.name!r} has sequences of {spec.max_tokens} tokens, but --model {model or type(backbone).__name__!r} "
+            f"has {capacity} learned positions. Use larger patches or shorter / truncated sequences, or a model with "
+            "more positions (e.g. --model gpt2: 1024)."
+        )
+
+
+def _used_but_untargeted(backbone: torch.nn.Module, spec: TaskSpec) -> list[str]:
+    """Modules whose weights the forward pass uses but that no FPT group covers (e.g. BERT's token type embedding).
+
+    Found with one backward pass through the backbone on a dummy input: every parameter that receives a gradient is
+    used. Full finetuning trains these as ``modules_to_save`` so that literally every used weight trains.
+    """
+    found = discover(backbone)
+    covered = found.norms + found.position_modules + found.attention + found.feedforward
+    tokens = min(spec.max_tokens, 4)
+    reference = next(p for p in backbone.parameters() if p.is_floating_point())
+    inputs = torch.randn(1, tokens, hidden_size_of(backbone), dtype=reference.dtype, device=reference.device)
+    flags = {name: p.requires_grad for name, p in backbone.named_parameters()}
+    backbone.requires_grad_(True)
+    try:
+        output = backbone(inputs_embeds=inputs)
+        output.last_hidden_state.float().sum().backward()
+        used = [name for name, p in backbone.named_parameters() if p.grad is not None]
+    finally:
+        for name, p in backbone.named_parameters():
+            p.grad = None
+            p.requires_grad_(flags[name])
+    owners = sorted({name.rpartition(".")[0] for name in used})
+    return [o for o in owners if not any(o == c or o.startswith(c + ".") for c in covered)]
+
+
+def build_model(
+    spec: TaskSpec,
+    model: str = DEFAULT_MODEL,
+    *,
+    init: Init = "pretrained",
+    finetune: Finetune = "fpt",
+    train_layer_norms: bool = True,
+    train_positions: bool = True,
+    train_input: bool = True,
+    train_output: bool = True,
+    train_attention: bool = False,
+    train_feedforward: bool = False,
+    dtype: torch.dtype | str | None = None,
+    seed: int | None = None,
+) -> PeftModel:
+    """The FPT model for ``spec``: backbone ``model`` with a new input layer, an output layer and the chosen groups trained.
+
+    Args:
+        spec: the task (input width or vocabulary, classes, output tokens, sequence length).
+        model: ``"minilm"`` (default), ``"smollm2"``, a local folder or a Hub id.
+        init: ``"pretrained"`` weights, or ``"random"``: the same architecture freshly initialised (seeded by
+            ``seed``) and frozen the same way (the paper's baseline).
+        finetune: ``"fpt"`` trains the groups switched on below; ``"full"`` trains every weight the model uses
+            (the ``train_*`` flags must then be left at their defaults).
+        train_layer_norms, train_positions, train_input, train_output, train_attention, train_feedforward: the
+            paper's ablation switches (see :class:`~fpt_peft.FPTConfig`).
+        dtype: dtype of the backbone (e.g. ``torch.bfloat16``); default: as saved.
+        seed: seeds the random initialisation of the backbone (``init="random"``) and of the new layers.
+
+    Raises:
+        OSError / FileNotFoundError: the model cannot be found or read.
+        ValueError: the task's sequences are longer than the model's positions, or conflicting options.
+    """
+    if finetune not in ("fpt", "full"):
+        raise ValueError(f"finetune must be 'fpt' or 'full', got {finetune!r}.")
+    flags = {
+        "train_layer_norms": train_layer_norms,
+        "train_positions": train_positions,
+        "train_input": train_input,
+        "train_output": train_output,
+    }
+    if finetune == "full":
+        frozen = [name for name, value in flags.items() if not value]
+        if frozen:
+            raise ValueError(f"finetune='full' trains every weight; it cannot be combined with {frozen}=False.")
+        train_attention = train_feedforward = True
+    if seed is not None:
+        torch.manual_seed(seed)
+    backbone = load_backbone(model, init=init, dtype=dtype, seed=seed)
+    check_fits(spec, backbone, model)
+    extra = _used_but_untargeted(backbone, spec) if finetune == "full" else []
+    config = FPTConfig(
+        input_dim=spec.input_dim,
+        input_vocab_size=spec.input_vocab_size,
+        pad_token_id=spec.pad_token_id,
+        output_dim=spec.num_classes,
+        output_tokens=spec.output_tokens,
+        values_per_token=spec.values_per_token,
+        train_attention=train_attention,
+        train_feedforward=train_feedforward,
+        modules_to_save=extra or None,
+        **flags,
+    )
+    return get_peft_model(backbone, config)  # type: ignore[return-value]

@@ -1,0 +1,49 @@
+"""Tiny randomly initialised model configurations of several families, for fast tests."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+TINY = {
+    "gpt2": lambda: transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=50, bos_token_id=0, eos_token_id=0
+    ),
+    "bert": lambda: transformers.BertConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+        vocab_size=50,
+    ),
+    "roberta": lambda: transformers.RobertaConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=66,
+        vocab_size=50, pad_token_id=1,
+    ),
+    "opt": lambda: transformers.OPTConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_dim=64, max_position_embeddings=64,
+        vocab_size=50, word_embed_proj_dim=32, pad_token_id=1,
+    ),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+        vocab_size=50,
+    ),
+    "llama": lambda: transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        max_position_embeddings=64, vocab_size=50, pad_token_id=0,
+    ),
+    "vit": lambda: transformers.ViTConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, image_size=16,
+        patch_size=4, num_channels=3,
+    ),
+}
+
+
+def tiny_config(family: str, **overrides: object) -> transformers.PretrainedConfig:
+    """A tiny configuration of ``family`` (a key of ``TINY``)."""
+    config = TINY[family]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every tensor of a model (for bit-identity checks)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
