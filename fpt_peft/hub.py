@@ -9,9 +9,10 @@ untouched.
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
 from peft import PeftModel
 
 _ORIGINAL_PUSH = PeftModel.push_to_hub
@@ -53,9 +54,15 @@ def push_to_hub(
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
         self.save_pretrained(folder)
-        return api.upload_folder(
+        root = Path(folder)
+        operations = [
+            CommitOperationAdd(path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path))
+            for path in sorted(root.rglob("*"))
+            if path.is_file()
+        ]
+        return api.create_commit(
             repo_id=repo_id,
-            folder_path=folder,
+            operations=operations,
             commit_message=commit_message or "Upload FPT adapter",
             commit_description=commit_description,
             create_pr=create_pr,

@@ -122,13 +122,13 @@ def test_push_to_hub_uploads_what_save_pretrained_writes(adapter, monkeypatch: p
     uploaded: dict[str, bytes] = {}
 
     def fake_create_commit(self, repo_id, operations, **kwargs):  # the network boundary only
+        assert repo_id == "someone/fpt-tiny"
         for op in operations:
             data = op.path_or_fileobj
             uploaded[op.path_in_repo] = Path(data).read_bytes() if isinstance(data, (str, Path)) else data.read()
         return None
 
     monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
-    monkeypatch.setattr(HfApi, "_validate_yaml", lambda self, *a, **kw: None)  # a Hub request
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: type("Repo", (), {"repo_id": repo_id})())
     model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base_dir), out)
     model.push_to_hub("someone/fpt-tiny", token="x")

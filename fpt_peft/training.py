@@ -1,0 +1,364 @@
+"""The one training loop every recipe uses, with Accelerate (in the style of accelerate's ``examples/nlp_example.py``).
+
+``python recipes/X.py`` runs on one device; ``accelerate launch [--multi_gpu --num_processes N] recipes/X.py`` or
+``torchrun --nproc_per_node N recipes/X.py`` runs data-parallel, also on CPU (gloo). A recipe only builds its task
+data and calls :func:`train`; the arguments shared by all recipes come from :func:`add_training_args`.
+
+Outputs under ``output_dir``: ``checkpoints/step_XXXXXX`` (resumable with ``--resume``), ``adapter/`` (the trained FPT
+adapter, for ``PeftModel.from_pretrained``), ``metrics.json`` and, with ``--log-with tensorboard``, ``logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .checkpoints import TrainingProgress, install_adapter_state_hooks, latest_checkpoint, save_checkpoint
+from .data.spec import TaskData
+from .metrics import load_metric
+from .modeling import build_model
+from .pretrained import DEFAULT_MODEL
+from .validation import check_task_data, model_inputs
+
+
+@dataclass
+class TrainingArguments:
+    """Options shared by every recipe; each field is a command-line flag (``--max-steps`` for ``max_steps``).
+
+    Defaults follow the paper (Adam, constant learning rate 1e-3, gradient clipping 1.0); recipes override them
+    per task through :func:`add_training_args`.
+    """
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Backbone: 'minilm', 'smollm2', a folder or a Hub id."})
+    init: str = field(
+        default="pretrained",
+        metadata={"choices": ("pretrained", "random"), "help": "Pretrained weights, or the paper's random baseline."},
+    )
+    finetune: str = field(
+        default="fpt", metadata={"choices": ("fpt", "full"), "help": "Train the FPT groups, or every weight."}
+    )
+    freeze_ln: bool = field(default=False, metadata={"help": "Ablation: freeze the layer norms."})
+    freeze_pos: bool = field(default=False, metadata={"help": "Ablation: freeze the positional embeddings."})
+    freeze_in: bool = field(default=False, metadata={"help": "Ablation: freeze the new input layer."})
+    freeze_out: bool = field(default=False, metadata={"help": "Ablation: freeze the output layer."})
+    train_attn: bool = field(default=False, metadata={"help": "Ablation: also train the self-attention weights."})
+    train_ff: bool = field(default=False, metadata={"help": "Ablation: also train the feed-forward weights."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate.", "aliases": ("--lr",)})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
+    batch_size: int = field(default=16, metadata={"help": "Training batch size per process."})
+    eval_batch_size: int | None = field(default=None, metadata={"help": "Evaluation batch size (default: batch size)."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps to train for."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps."})
+    lr_scheduler: str = field(
+        default="constant", metadata={"choices": ("constant", "cosine", "linear"), "help": "Schedule after warm-up."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    mixed_precision: str = field(
+        default="no", metadata={"choices": ("no", "bf16", "fp16"), "help": "Autocast precision (Accelerate)."}
+    )
+    eval_every: int = field(default=200, metadata={"help": "Evaluate every N steps (0: only at the end)."})
+    log_every: int = field(default=50, metadata={"help": "Log the training loss every N steps."})
+    save_every: int = field(default=500, metadata={"help": "Checkpoint every N steps (and at the end; 0: end only)."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "How many most recent checkpoints to keep."})
+    seed: int = field(default=0, metadata={"help": "Seed of the new layers, random init, data order and dropout."})
+    output_dir: str | None = field(default=None, metadata={"help": "Output folder (default: outputs/<task>)."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh even if output_dir holds checkpoints of an earlier run."}
+    )
+    resume: bool = field(default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Push the final adapter to this Hub repo id."})
+    cpu: bool = field(default=False, metadata={"help": "Train on CPU even if a GPU is available."})
+    log_with: str | None = field(
+        default=None, metadata={"choices": ("tensorboard", "wandb", "all"), "help": "Experiment tracker."}
+    )
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise ValueError(f"--{_flag(f.name)} must be one of {list(choices)}, got {value!r}.")
+        for name in ("batch_size", "max_steps", "gradient_accumulation_steps", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}.")
+        for name in ("warmup_steps", "eval_every", "save_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}.")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}.")
+        if not self.learning_rate > 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("--learning-rate must be > 0, --weight-decay and --max-grad-norm >= 0.")
+        if self.resume and self.overwrite_output_dir:
+            raise ValueError("--resume and --overwrite-output-dir contradict each other; pass one of them.")
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace) -> TrainingArguments:
+        """The training arguments held by a parsed namespace (other attributes, e.g. data options, are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in vars(namespace).items() if k in known})
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`fpt_peft.modeling.build_model` for these options."""
+        return {
+            "init": self.init,
+            "finetune": self.finetune,
+            "train_layer_norms": not self.freeze_ln,
+            "train_positions": not self.freeze_pos,
+            "train_input": not self.freeze_in,
+            "train_output": not self.freeze_out,
+            "train_attention": self.train_attn,
+            "train_feedforward": self.train_ff,
+        }
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
+    """Add the :class:`TrainingArguments` flags to ``parser``; ``defaults`` overrides field defaults per recipe."""
+    unknown = set(defaults) - {f.name for f in fields(TrainingArguments)}
+    if unknown:
+        raise ValueError(f"Unknown training argument default(s): {sorted(unknown)}.")
+    hints = typing.get_type_hints(TrainingArguments)
+    group = parser.add_argument_group("training (shared by every recipe)")
+    for f in fields(TrainingArguments):
+        default = defaults.get(f.name, f.default)
+        flags = [f"--{_flag(f.name)}", *f.metadata.get("aliases", ())]
+        kind = hints[f.name]
+        if kind is bool:
+            group.add_argument(*flags, dest=f.name, action="store_true", default=default, help=f.metadata["help"])
+            continue
+        if isinstance(kind, types.UnionType):  # `int | None` and the like
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        helptext = f"{f.metadata['help']} Default: {default}."
+        group.add_argument(
+            *flags, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"), help=helptext
+        )
+    return parser
+
+
+class EpochSampler(Sampler[int]):
+    """A random order of the training examples that depends only on ``(seed, epoch)``.
+
+    Every process draws the same order (Accelerate then gives each process its own batches), and a resumed run
+    redraws exactly the order it was interrupted in, without touching the global random state.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of pass ``epoch``."""
+        self.epoch = epoch
+
+    def __iter__(self) -> typing.Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _model_batch(batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in keys if k in batch}
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, metric_name: str, keys: tuple[str, ...]
+) -> dict[str, float]:
+    """Metric and mean cross-entropy of ``model`` on ``loader``, gathered across processes."""
+    metric = load_metric(metric_name)
+    was_training = model.training
+    model.eval()
+    loss_sum, count = 0.0, 0
+    for batch in loader:
+        logits = model(**_model_batch(batch, keys)).logits
+        labels = batch["labels"]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none"
+        ).reshape(labels.shape[0], -1).mean(dim=1)
+        predictions, references, losses = accelerator.gather_for_metrics((logits.argmax(dim=-1), labels, losses))
+        metric.add_batch(predictions=predictions.cpu().numpy(), references=references.cpu().numpy())
+        loss_sum += float(losses.sum())
+        count += losses.numel()
+    model.train(was_training)
+    result: dict[str, float] = metric.compute()
+    result["eval_loss"] = loss_sum / max(count, 1)
+    return result
+
+
+def _prepare_output_dir(args: TrainingArguments, output_dir: Path) -> None:
+    checkpoints = output_dir / "checkpoints"
+    if latest_checkpoint(checkpoints) is not None and not (args.resume or args.overwrite_output_dir):
+        raise FileExistsError(
+            f"{str(output_dir)!r} holds checkpoints of an earlier run. Pass --resume to continue it, "
+            "--overwrite-output-dir to start again, or another --output-dir."
+        )
+
+
+def _tracker_config(args: TrainingArguments, task: TaskData) -> dict[str, Any]:
+    config = {k: ("" if v is None else v) for k, v in asdict(args).items()}  # tensorboard hparams refuse None
+    config["task"] = task.spec.name
+    return config
+
+
+def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[str, float]:
+    """Train an FPT model on ``task`` with Accelerate; returns the final evaluation metrics.
+
+    Every check (arguments, data against its spec, model, sequence length against the model's positions, output
+    folder) runs before the first step. The final adapter is saved to ``output_dir/adapter``.
+    """
+    if isinstance(args, argparse.Namespace):
+        args = TrainingArguments.from_namespace(args)
+    spec = task.spec
+    output_dir = Path(args.output_dir or f"outputs/{spec.name}")
+    check_task_data(task)
+    _prepare_output_dir(args, output_dir)
+
+    accelerator = Accelerator(
+        cpu=args.cpu or not torch.cuda.is_available(),  # on CPU, cpu=True is what makes a multi-process launch a gloo group
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.log_with,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    set_seed(args.seed)
+    model = build_model(spec, args.model, seed=args.seed, **args.model_options())
+    model = model.to(accelerator.device)  # before the optimizer, so that fused Adam sees CUDA tensors
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    total = sum(p.numel() for p in model.parameters())
+
+    keys = model_inputs(spec)
+    sampler = EpochSampler(len(task.train), args.seed)
+    loader_options: dict[str, Any] = {"num_workers": args.num_workers, "generator": torch.Generator().manual_seed(0)}
+    train_loader = DataLoader(task.train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_options)
+    eval_loader = DataLoader(task.eval, batch_size=args.eval_batch_size or args.batch_size, **loader_options)
+    optimizer = torch.optim.Adam(
+        trainable,
+        lr=args.learning_rate,
+        weight_decay=args.weight_decay,
+        fused=True if accelerator.device.type == "cuda" else None,
+    )
+    # Accelerate steps a prepared scheduler once per process per optimizer step, hence the scaling.
+    n = accelerator.num_processes
+    schedule = "constant_with_warmup" if args.lr_scheduler == "constant" and args.warmup_steps else args.lr_scheduler
+    scheduler = get_scheduler(
+        schedule, optimizer, num_warmup_steps=args.warmup_steps * n, num_training_steps=args.max_steps * n
+    )
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler
+    )
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"The train split has {len(task.train)} examples, fewer than one batch of {args.batch_size} per process "
+            f"on {n} process(es). Lower --batch-size or use more training data."
+        )
+
+    progress = TrainingProgress(num_processes=n)
+    accelerator.register_for_checkpointing(progress)
+    install_adapter_state_hooks(accelerator)
+    checkpoints = output_dir / "checkpoints"
+    if args.resume:
+        last = latest_checkpoint(checkpoints)
+        if last is None:
+            accelerator.print(f"--resume: no complete checkpoint in {checkpoints}; starting from step 0.")
+        else:
+            accelerator.load_state(str(last))
+            if progress.num_processes != n:
+                raise ValueError(
+                    f"{last} was written by a run with {progress.num_processes} process(es); resume it with the "
+                    f"same number (this run has {n})."
+                )
+            accelerator.print(f"Resumed from {last} at step {progress.step}.")
+    set_seed(args.seed + progress.step, device_specific=True) if not args.resume else None
+
+    if args.log_with:
+        accelerator.init_trackers(spec.name, config=_tracker_config(args, task))
+    accelerator.print(
+        f"{spec.name}: {len(task.train)} train / {len(task.eval)} eval examples | --model {args.model} "
+        f"({args.init}, {args.finetune}) | trainable {sum(p.numel() for p in trainable):,} of {total:,} parameters | "
+        f"{n} process(es) on {accelerator.device} | {output_dir}"
+    )
+
+    metrics: dict[str, float] = {}
+    evaluated_at = -1
+    running_loss = torch.zeros((), device=accelerator.device)
+    running_count = 0
+    bar = tqdm(total=args.max_steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc=spec.name)
+    model.train()
+    while progress.step < args.max_steps:
+        sampler.set_epoch(progress.epoch)
+        train_loader.set_epoch(progress.epoch)
+        epoch_loader = accelerator.skip_first_batches(train_loader, progress.batch) if progress.batch else train_loader
+        for batch in epoch_loader:
+            with accelerator.accumulate(model):
+                loss = model(**_model_batch(batch, keys), labels=batch["labels"]).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            progress.batch += 1
+            running_loss += loss.detach().float()
+            running_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            progress.step += 1
+            bar.update(1)
+            step = progress.step
+            if step % args.log_every == 0 or step == args.max_steps:
+                train_loss = float(accelerator.reduce(running_loss, reduction="mean")) / max(running_count, 1)
+                running_loss.zero_()
+                running_count = 0
+                bar.set_postfix(loss=f"{train_loss:.4f}")
+                accelerator.log({"train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}, step=step)
+            if (args.eval_every and step % args.eval_every == 0) or step == args.max_steps:
+                metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
+                evaluated_at = step
+                accelerator.log({f"eval_{k}" if k != "eval_loss" else k: v for k, v in metrics.items()}, step=step)
+                accelerator.print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
+                save_checkpoint(accelerator, checkpoints, step, args.keep_checkpoints)
+            if step >= args.max_steps:
+                break
+        else:
+            progress.epoch += 1
+            progress.batch = 0
+    bar.close()
+
+    if evaluated_at != progress.step:  # e.g. resumed from the final checkpoint
+        metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
+        accelerator.print(f"step {progress.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    metrics["step"] = progress.step
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        adapter = accelerator.unwrap_model(model)
+        adapter.save_pretrained(str(output_dir / "adapter"))
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
+        if args.push_to_hub:
+            adapter.push_to_hub(args.push_to_hub)
+            accelerator.print(f"Pushed the adapter to https://huggingface.co/{args.push_to_hub}.")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if any(math.isnan(v) for v in metrics.values()):
+        accelerator.print("Warning: some metrics are NaN (an empty eval split, or a diverged run).")
+    return metrics
