@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 POSITION_NAMES = ("wpe", "position_embeddings", "embed_positions", "position_embedding", "pos_embed")
@@ -53,9 +54,14 @@ def discover(model: nn.Module, skip: tuple[str, ...] = ()) -> FPTTargets:
     ``skip`` holds module names (and their subtrees) to leave out, e.g. the input embedding or the heads.
     """
     targets = FPTTargets()
+    skipped = tuple(skip)
     for name, module in model.named_modules():
-        if not name or any(name == s or name.startswith(s + ".") for s in skip):
+        if not name or any(name == s or name.startswith(s + ".") for s in skipped):
             continue
+        if isinstance(module, BaseTunerLayer):
+            # Already wrapped by an earlier adapter: classify what it wraps, never its internals.
+            skipped += (name,)
+            module = module.get_base_layer()
         leaf = name.rsplit(".", 1)[-1]
         if is_norm(module):
             targets.norms.append(name)

@@ -84,8 +84,11 @@ def _used_but_untargeted(backbone: torch.nn.Module, spec: TaskSpec) -> list[str]
     found = discover(backbone)
     covered = found.norms + found.position_modules + found.attention + found.feedforward
     tokens = min(spec.max_tokens, 4)
+    hidden = hidden_size_of(backbone)
+    if hidden is None:
+        raise ValueError(f"Cannot tell the width of {type(backbone).__name__}, so cannot probe it for full finetuning.")
     reference = next(p for p in backbone.parameters() if p.is_floating_point())
-    inputs = torch.randn(1, tokens, hidden_size_of(backbone), dtype=reference.dtype, device=reference.device)
+    inputs = torch.randn(1, tokens, hidden, dtype=reference.dtype, device=reference.device)
     flags = {name: p.requires_grad for name, p in backbone.named_parameters()}
     backbone.requires_grad_(True)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -275,6 +276,10 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     accelerator.register_for_checkpointing(progress)
     install_adapter_state_hooks(accelerator)
     checkpoints = output_dir / "checkpoints"
+    if args.overwrite_output_dir and accelerator.is_main_process:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    set_seed(args.seed, device_specific=True)  # dropout differs per process; a resume restores the saved states
     if args.resume:
         last = latest_checkpoint(checkpoints)
         if last is None:
@@ -287,7 +292,6 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
                     f"same number (this run has {n})."
                 )
             accelerator.print(f"Resumed from {last} at step {progress.step}.")
-    set_seed(args.seed + progress.step, device_specific=True) if not args.resume else None
 
     if args.log_with:
         accelerator.init_trackers(spec.name, config=_tracker_config(args, task))

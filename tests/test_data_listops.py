@@ -132,11 +132,14 @@ def test_generated_task_is_padded_and_consistent() -> None:
     assert batch["input_ids"].shape == (4, spec.max_tokens)
     again = listops(num_train=40, num_eval=10, max_tokens=64, seed=0)
     assert torch.equal(again.train[:]["input_ids"], ids)
-    assert not torch.equal(listops(num_train=40, num_eval=10, max_tokens=64, seed=1).train[:]["input_ids"], ids)
+    other = listops(num_train=40, num_eval=10, max_tokens=64, seed=1)
+    assert not torch.equal(other.train[:]["input_ids"], ids)
 
 
 def test_too_long_sequences_need_truncation() -> None:
-    with pytest.raises(ValueError, match=r"longest sequence has \d+ tokens, more than max_tokens=20.*truncation=True"):
+    with pytest.raises(
+        ValueError, match=r"longest sequence has \d+ tokens, more than max_tokens=20.*truncation=True"
+    ):
         listops(num_train=5, num_eval=5, max_tokens=20, min_length=30, max_length=60)
     data = listops(num_train=5, num_eval=5, max_tokens=20, min_length=30, max_length=60, truncation=True)
     assert data.spec.max_tokens == 20 and data.train[:]["attention_mask"].all()
@@ -168,7 +171,7 @@ def test_loads_lra_tsv_files(tmp_path: Path) -> None:
 
 
 def test_tsv_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="basic_train.tsv"):
+    with pytest.raises(FileNotFoundError, match=r"basic_train\.tsv"):
         listops(data_dir=str(tmp_path))
     long_source = "[SM " + " ".join(["1"] * 30) + " ]"
     _write_tsv(tmp_path / "basic_train.tsv", [(long_source, 0)])

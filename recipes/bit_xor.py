@@ -1,0 +1,42 @@
+"""Bit XOR (Lu et al., 2021): two random bit strings in, their element-wise XOR out, one 2-way logit per bit.
+
+The paper's central demonstration: a frozen pretrained transformer (only layer norms, positions and the new input and
+output layers trained) learns XOR in a few hundred steps, while the same network with random weights does not
+(``--init random``). The defaults finish in a few minutes on 2 CPU cores with the packaged MiniLM:
+
+    python recipes/bit_xor.py
+    accelerate launch recipes/bit_xor.py
+    accelerate launch recipes/bit_xor.py --init random      # the paper's baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fpt_peft.data import load_task
+from fpt_peft.training import add_training_args, train
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Parse the arguments, build the task and train."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--n-bits", type=int, default=10, help="Bits per string (paper: 5). Default: 10.")
+    data.add_argument("--patch-size", type=int, default=5, help="Bits per input token. Default: 5.")
+    data.add_argument("--num-train", type=int, default=20_000, help="Training examples. Default: 20000.")
+    data.add_argument("--num-eval", type=int, default=1_000, help="Evaluation examples. Default: 1000.")
+    add_training_args(parser, batch_size=32, max_steps=600, eval_every=200, save_every=200)
+    args = parser.parse_args(argv)
+    task = load_task(
+        "bit_xor",
+        num_train=args.num_train,
+        num_eval=args.num_eval,
+        n_bits=args.n_bits,
+        patch_size=args.patch_size,
+        seed=args.seed,
+    )
+    return train(task, args)
+
+
+if __name__ == "__main__":
+    main()
