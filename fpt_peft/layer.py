@@ -193,17 +193,17 @@ class FPTInputLayer(nn.Module, _FPTLayerMixin):
         dtype = base_weight.dtype if base_weight is not None and base_weight.is_floating_point() else None
         layer: nn.Module
         if config.input_dim is not None:
-            layer = nn.Linear(config.input_dim, self.hidden_size, device=device, dtype=dtype)
-            nn.init.orthogonal_(layer.weight, gain=config.input_init_gain)
+            layer = nn.Linear(config.input_dim, self.hidden_size, device=device)
+            nn.init.orthogonal_(layer.weight, gain=config.input_init_gain)  # in fp32: QR has no bf16 kernel
             nn.init.zeros_(layer.bias)
         elif config.input_vocab_size is not None:
-            layer = nn.Embedding(config.input_vocab_size, self.hidden_size, device=device, dtype=dtype)
+            layer = nn.Embedding(config.input_vocab_size, self.hidden_size, device=device)
             # Start at the scale of the pretrained token embeddings, so the residual stream looks familiar.
             std = float(base_weight.float().std()) if base_weight is not None else 0.02
             nn.init.normal_(layer.weight, std=std)
         else:
             return
-        self.fpt_input[adapter_name] = layer
+        self.fpt_input[adapter_name] = layer.to(dtype=dtype) if dtype is not None else layer
         self._register_frozen(adapter_name, not config.train_input)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -258,6 +259,7 @@ class FPTModel(BaseTuner):
             handle.remove()
         if hasattr(model, _HOOKS_ATTR):
             delattr(model, _HOOKS_ATTR)
+        model.__dict__.pop("forward", None)  # see _expose_labels_argument
         return model
 
     # ------------------------------------------------------------------ save / load
@@ -296,6 +298,30 @@ def _install_forward_hooks(model: nn.Module) -> None:
         model.register_forward_hook(_after_forward, with_kwargs=True),
     ]
     object.__setattr__(model, _HOOKS_ATTR, handles)
+    _expose_labels_argument(model)
+
+
+def _expose_labels_argument(model: nn.Module) -> None:
+    """Let ``labels`` appear in a backbone's forward signature (the FPT output layer consumes them).
+
+    ``transformers.Trainer`` drops dataset columns that the model's forward signature does not name.
+    """
+    original = model.forward
+    signature = inspect.signature(original)
+    if "labels" in signature.parameters:
+        return
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **kwargs)
+
+    params = list(signature.parameters.values())
+    labels = inspect.Parameter("labels", inspect.Parameter.KEYWORD_ONLY, default=None)
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    if any(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params[at:]):
+        return
+    forward.__signature__ = signature.replace(parameters=[*params[:at], labels, *params[at:]])  # type: ignore[attr-defined]
+    forward.__doc__ = original.__doc__
+    model.forward = forward  # type: ignore[method-assign]
 
 
 def _token_count(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:

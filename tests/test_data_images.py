@@ -12,7 +12,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fpt_peft.data import cifar10, cifar10_lra, digits, mnist, patchify, unpatchify
-from fpt_peft.data.images import CIFAR10_MEAN, CIFAR10_STD, GREY_WEIGHTS
+
+# The official FPT code's constants (torchvision's Normalize and Grayscale), written out independently.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
 @pytest.fixture(autouse=True)

@@ -36,7 +36,7 @@ def _xor_split(
     rng: np.random.Generator, n: int, n_bits: int, patch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     strings = _signs(rng, (n, 2, n_bits))
-    labels = ((strings[:, 0] > 0) | (strings[:, 1] > 0)).astype(np.int64)
+    labels = ((strings[:, 0] > 0) ^ (strings[:, 1] > 0)).astype(np.int64)
     return strings.reshape(n, 2 * n_bits // patch_size, patch_size), labels
 
 
