@@ -28,11 +28,11 @@ _MAX_SIZE = 2**24
 MODEL_CARD_NOTE = (
     "## Loading this adapter\n\n"
     "This is a [Frozen Pretrained Transformer](https://arxiv.org/abs/2103.05247) adapter made with "
-    "`fpt-peft`. peft resolves its `peft_type` (`\"FPT\"`) only after **`import fpt_peft`**:\n\n"
+    '`fpt-peft`. peft resolves its `peft_type` (`"FPT"`) only after **`import fpt_peft`**:\n\n'
     "```python\n"
     "import fpt_peft  # registers the FPT method with peft; without it peft fails with KeyError: 'FPT'\n"
     "from peft import PeftModel\n\n"
-    "model = PeftModel.from_pretrained(base_model, \"<this repo or folder>\")\n"
+    'model = PeftModel.from_pretrained(base_model, "<this repo or folder>")\n'
     "```\n\n"
     "Install with `pip install fpt-peft`.\n"
 )
@@ -218,7 +218,7 @@ def check_adapter_weights(folder: str) -> None:
         )
     try:
         with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():  # adapters are small: reading them all also catches truncated data
+            for key in handle.keys():  # noqa: SIM118  (safe_open is not iterable; reading all catches truncation)
                 handle.get_tensor(key)
     except Exception as exc:
         raise ValueError(f"{path!r} is corrupted or truncated and cannot be read as safetensors ({exc}).") from exc
@@ -240,5 +240,3 @@ def write_model_card_note(save_directory: str) -> None:
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(tmp, path)
-
-

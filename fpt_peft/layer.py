@@ -80,7 +80,9 @@ class FPTModuleLayer(nn.Module, _FPTLayerMixin):
         if not adapter_names:
             return
         if len(adapter_names) > 1 or self.merged:
-            raise ValueError(f"FPT merges one adapter at a time; asked for {adapter_names}, merged {self.merged_adapters}.")
+            raise ValueError(
+                f"FPT merges one adapter at a time; asked for {adapter_names}, merged {self.merged_adapters}."
+            )
         name = adapter_names[0]
         if name not in self.fpt_copies:
             return
@@ -188,7 +190,7 @@ class FPTInputLayer(nn.Module, _FPTLayerMixin):
 
     def update_layer(self, adapter_name: str, config: FPTConfig) -> None:
         """Create ``adapter_name``'s input layer as its config asks (nothing if it asks for none)."""
-        base_weight = getattr(self.get_base_layer(), "weight", None)
+        base_weight: torch.Tensor | None = getattr(self.get_base_layer(), "weight", None)
         device = base_weight.device if base_weight is not None else None
         dtype = base_weight.dtype if base_weight is not None and base_weight.is_floating_point() else None
         layer: nn.Module
@@ -203,7 +205,7 @@ class FPTInputLayer(nn.Module, _FPTLayerMixin):
             nn.init.normal_(layer.weight, std=std)
         else:
             return
-        self.fpt_input[adapter_name] = layer.to(dtype=dtype) if dtype is not None else layer
+        self.fpt_input[adapter_name] = layer if dtype is None else layer.to(dtype=dtype)
         self._register_frozen(adapter_name, not config.train_input)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
@@ -264,6 +266,8 @@ class FPTOutputLayer(nn.Module, _FPTLayerMixin):
         self.hidden_size = hidden_size
         self.fpt_output = nn.ModuleDict({})
         self.output_shapes: dict[str, tuple[int, int, int]] = {}
+        # (labels, attention_mask) of the current call, handed from the model's pre-forward hook to its post hook.
+        self.pending: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self._init_bookkeeping()
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, reference)
@@ -288,7 +292,7 @@ class FPTOutputLayer(nn.Module, _FPTLayerMixin):
     def active_name(self) -> str | None:
         """The active adapter if it has an output layer here."""
         active = self._single_active()
-        return active if active in self.fpt_output else None
+        return active if active is not None and active in self.fpt_output else None
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         name = self.active_name()
@@ -305,6 +309,7 @@ class FPTOutputLayer(nn.Module, _FPTLayerMixin):
         else:
             picked = hidden[:, -tokens:]
         layer = self.fpt_output[name]
+        assert isinstance(layer, nn.Linear)
         logits = layer(picked.to(layer.weight.dtype))
         logits = logits.reshape(hidden.shape[0], tokens * values, classes)
         return logits[:, 0] if tokens * values == 1 else logits

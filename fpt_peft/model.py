@@ -22,6 +22,7 @@ logger = logging.getLogger("fpt_peft")
 
 OUTPUT_LAYER_NAME = "output_adapter"  # child of the HF model holding FPT output layers (no "fpt_" in module paths)
 _HOOKS_ATTR = "_fpt_forward_hooks"
+_CAPACITY_ATTR = "_fpt_position_capacity"  # longest input the learned positions can index (None: unbounded)
 
 
 @dataclass
@@ -44,7 +45,7 @@ def hidden_size_of(model: nn.Module) -> int | None:
             value = getattr(text_config, name, None)
             if isinstance(value, int):
                 return value
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]
     weight = getattr(embedding, "weight", None)
     return None if weight is None else int(weight.shape[-1])
 
@@ -133,15 +134,15 @@ class FPTModel(BaseTuner):
         has_io = config.input_dim or config.input_vocab_size or config.output_dim or config.modules_to_save
         if not names and not config.position_parameters and wants_groups and not has_io:
             raise ValueError(
-                f"FPT found nothing to train in {type(model).__name__}: searched for norm modules (LayerNorm, RMSNorm, "
-                "*Norm classes with parameters), learned positional embeddings, and block linears. Pass "
+                f"FPT found nothing to train in {type(model).__name__}: searched for norm modules (LayerNorm, "
+                "RMSNorm, *Norm classes with parameters), learned positional embeddings, and block linears. Pass "
                 "FPTConfig(target_modules=[...]) with the names of the modules to train."
             )
         config.target_modules = names if names else DUMMY_TARGET_MODULES
 
     def _input_embedding_name(self) -> str:
         model = self.model
-        embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]
         if embedding is None:
             return ""
         for name, module in model.named_modules():
@@ -175,7 +176,8 @@ class FPTModel(BaseTuner):
     ) -> None:
         """Inject norms / positions through peft, then add the parameter, input and output layers."""
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
-        config: FPTConfig = self.peft_config[adapter_name]
+        config = self.peft_config[adapter_name]
+        assert isinstance(config, FPTConfig)
         for qualified in config.position_parameters or []:
             owner_name, _, param_name = qualified.rpartition(".")
             owner = model.get_submodule(owner_name)
@@ -196,19 +198,21 @@ class FPTModel(BaseTuner):
             else:
                 model.add_module(OUTPUT_LAYER_NAME, FPTOutputLayer(adapter_name, config, hidden, reference))
         _install_forward_hooks(model)
+        model.__dict__[_CAPACITY_ATTR] = position_capacity(model, discover(model).position_modules)
         # Only the active adapter trains; the new layers follow the same rule as the injected ones.
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def _add_input_layer(self, model: nn.Module, adapter_name: str, config: FPTConfig, hidden: int) -> None:
-        embedding = model.get_input_embeddings()
+        embedding = model.get_input_embeddings()  # type: ignore[operator]
         if isinstance(embedding, FPTInputLayer):
             embedding.update_layer(adapter_name, config)
         else:
-            model.set_input_embeddings(FPTInputLayer(embedding, adapter_name, config, hidden))
-        if config.input_vocab_size is not None or getattr(model.config, "pad_token_id", None) is None:
+            model.set_input_embeddings(FPTInputLayer(embedding, adapter_name, config, hidden))  # type: ignore[operator]
+        model_config: Any = model.config
+        if config.input_vocab_size is not None or getattr(model_config, "pad_token_id", None) is None:
             # Sequence-classification heads find the last real token through config.pad_token_id (GPT-2 refuses
             # batches > 1 without one); with a new vocabulary only the new padding id is meaningful.
-            model.config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+            model_config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         # Adapter copies keep the base model's dtype: up-casting norms of a bf16 model breaks its forward.
@@ -229,9 +233,6 @@ class FPTModel(BaseTuner):
             self.model.config.pad_token_id = config.pad_token_id
 
     # ------------------------------------------------------------------ merge / unload
-    def _check_merge_allowed(self) -> None:
-        super()._check_merge_allowed()
-
     def _unload_and_optionally_merge(  # type: ignore[override]
         self,
         merge: bool = True,
@@ -240,26 +241,27 @@ class FPTModel(BaseTuner):
         adapter_names: list[str] | None = None,
     ) -> nn.Module:
         if merge:
-            names = adapter_names or self.active_adapters
+            configs = {n: self.peft_config[n] for n in adapter_names or self.active_adapters}
             new_layers = [
-                n for n in names if self.peft_config[n].input_dim or self.peft_config[n].input_vocab_size
-            ] + [n for n in names if self.peft_config[n].output_dim]
+                n
+                for n, c in configs.items()
+                if isinstance(c, FPTConfig) and (c.input_dim or c.input_vocab_size or c.output_dim)
+            ]
             if new_layers:
                 raise ValueError(
-                    f"Adapter(s) {sorted(set(new_layers))} have a new FPT input or output layer, which has no place in "
-                    "the base architecture, so merge_and_unload cannot produce a plain base model. Keep the PeftModel "
-                    "(merge_adapter() writes norms and positions into the base and keeps the new layers in use)."
+                    f"Adapter(s) {sorted(set(new_layers))} have a new FPT input or output layer, which has no place "
+                    "in the base architecture, so merge_and_unload cannot produce a plain base model. Keep the "
+                    "PeftModel (merge_adapter() writes norms and positions into the base and keeps the new layers in use)."
                 )
-        model = super()._unload_and_optionally_merge(
+        model: nn.Module = super()._unload_and_optionally_merge(  # type: ignore[func-returns-value,assignment]
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
         )
         if hasattr(model, OUTPUT_LAYER_NAME):
             delattr(model, OUTPUT_LAYER_NAME)
-        for handle in getattr(model, _HOOKS_ATTR, []):
+        for handle in model.__dict__.get(_HOOKS_ATTR, []):
             handle.remove()
-        if hasattr(model, _HOOKS_ATTR):
-            delattr(model, _HOOKS_ATTR)
-        model.__dict__.pop("forward", None)  # see _expose_labels_argument
+        for attr in (_HOOKS_ATTR, _CAPACITY_ATTR, "forward"):  # "forward": see _expose_labels_argument
+            model.__dict__.pop(attr, None)
         return model
 
     # ------------------------------------------------------------------ save / load
@@ -270,34 +272,38 @@ class FPTModel(BaseTuner):
         remapped: dict[str, torch.Tensor] = super()._remap_adapter_state_dict_for_load(
             model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
         )
-        expected = {
-            k for k in model.state_dict() if f".{adapter_name}." in k or k.endswith(f".{adapter_name}")
-        }
-        expected = {k for k in expected if PREFIX in k or "modules_to_save" in k}
         prefix = "base_model.model."
-        given = {k if k in expected else k.removeprefix(prefix) for k in remapped}
-        expected_plain = {k.removeprefix(prefix) for k in expected}
-        missing = sorted(expected_plain - {k.removeprefix(prefix) for k in given})
-        unexpected = sorted({k.removeprefix(prefix) for k in given} - expected_plain)
-        if missing or unexpected:
+        own = (f".{adapter_name}.", f".{adapter_name}")
+        expected = {
+            k.removeprefix(prefix)
+            for k in model.state_dict()
+            if (own[0] in k or k.endswith(own[1])) and (f".{PREFIX}" in k or ".modules_to_save." in k)
+        }
+        given = {k.removeprefix(prefix) for k in remapped}
+        if given != expected:
             raise ValueError(
-                f"The FPT adapter weights do not match its config for this model: missing {missing[:5]}"
-                f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. "
-                "The adapter file is incomplete or belongs to another adapter/model."
+                "The FPT adapter weights do not match its config for this model: missing "
+                f"{_first(expected - given)}, unexpected {_first(given - expected)}. The adapter file is incomplete "
+                "or belongs to another adapter or model."
             )
         return remapped
+
+
+def _first(names: set[str], count: int = 5) -> str:
+    ordered = sorted(names)
+    return str(ordered[:count]) + (" ..." if len(ordered) > count else "")
 
 
 # ---------------------------------------------------------------------- forward hooks on the HF model
 def _install_forward_hooks(model: nn.Module) -> None:
     """Hooks that apply the FPT input layer to ``inputs_embeds`` and the FPT output layer to the outputs."""
-    if getattr(model, _HOOKS_ATTR, None):
+    if model.__dict__.get(_HOOKS_ATTR):
         return
     handles = [
         model.register_forward_pre_hook(_before_forward, with_kwargs=True),
         model.register_forward_hook(_after_forward, with_kwargs=True),
     ]
-    object.__setattr__(model, _HOOKS_ATTR, handles)
+    model.__dict__[_HOOKS_ATTR] = handles
     _expose_labels_argument(model)
 
 
@@ -331,31 +337,36 @@ def _token_count(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
     return None
 
 
+def _active_output_layer(model: nn.Module) -> FPTOutputLayer | None:
+    head = getattr(model, OUTPUT_LAYER_NAME, None)
+    return head if isinstance(head, FPTOutputLayer) and head.active_name() is not None else None
+
+
 def _before_forward(
     model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    embedding = model.get_input_embeddings()
+    embedding = model.get_input_embeddings()  # type: ignore[operator]
     if isinstance(embedding, FPTInputLayer) and kwargs.get("inputs_embeds") is not None:
         kwargs["inputs_embeds"] = embedding.embed_features(kwargs["inputs_embeds"])
     tokens = _token_count(args, kwargs)
-    capacity = _position_capacity(model)
+    capacity: int | None = model.__dict__.get(_CAPACITY_ATTR)
     if tokens is not None and capacity is not None and tokens > capacity:
         raise ValueError(
             f"The input has {tokens} tokens but {type(model).__name__}'s learned positional embeddings hold "
             f"{capacity} positions. Use fewer or larger patches, or truncate the sequences."
         )
-    head = getattr(model, OUTPUT_LAYER_NAME, None)
-    if isinstance(head, FPTOutputLayer) and head.active_name() is not None:
-        head._pending = (kwargs.pop("labels", None), kwargs.get("attention_mask"))
+    head = _active_output_layer(model)
+    if head is not None:
+        head.pending = (kwargs.pop("labels", None), kwargs.get("attention_mask"))
     return args, kwargs
 
 
 def _after_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-    head = getattr(model, OUTPUT_LAYER_NAME, None)
-    if not isinstance(head, FPTOutputLayer) or head.active_name() is None:
+    head = _active_output_layer(model)
+    if head is None:
         return output
-    labels, attention_mask = getattr(head, "_pending", (None, None))
-    head._pending = (None, None)
+    labels, attention_mask = head.pending
+    head.pending = (None, None)
     hidden = getattr(output, "last_hidden_state", None)
     if hidden is None:
         raise ValueError(f"The FPT output layer needs last_hidden_state; {type(model).__name__} returned none.")
@@ -376,13 +387,3 @@ def _after_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
         hidden_states=getattr(output, "hidden_states", None),
         attentions=getattr(output, "attentions", None),
     )
-
-
-def _position_capacity(model: nn.Module) -> int | None:
-    cached = getattr(model, "_fpt_position_capacity", "unset")
-    if cached != "unset":
-        return cached  # type: ignore[no-any-return]
-    names = [n for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in ("wpe", "position_embeddings", "embed_positions", "position_embedding")]
-    capacity = position_capacity(model, names)
-    object.__setattr__(model, "_fpt_position_capacity", capacity)
-    return capacity

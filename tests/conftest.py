@@ -19,11 +19,14 @@ import fpt_peft  # noqa: E402,F401  (registers FPT with peft)
 
 from .helpers import tiny_config  # noqa: E402
 
+
 @pytest.fixture
 def save_tiny(tmp_path: Path) -> Callable[..., Path]:
     """Save a seeded tiny model of a family and head class to a folder; returns the folder."""
 
-    def _save(family: str = "gpt2", auto: type = transformers.AutoModelForSequenceClassification, **kw: object) -> Path:
+    def _save(
+        family: str = "gpt2", auto: type = transformers.AutoModelForSequenceClassification, **kw: object
+    ) -> Path:
         config = tiny_config(family, **kw)
         torch.manual_seed(0)
         model = auto.from_config(config)
@@ -32,4 +35,3 @@ def save_tiny(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return _save
-

@@ -36,7 +36,7 @@ def test_text_families_train_exactly_norms_positions_input_and_head(family: str)
     model = get_peft_model(base, FPTConfig(task_type="SEQ_CLS", input_dim=6))
     position, norm_count = EXPECTED[family]
     trainable = _trainable(model)
-    norms = {n for n in trainable if ".fpt_copies." in n and "norm" in n.lower() or "ln_" in n}
+    norms = {n for n in trainable if (".fpt_copies." in n and "norm" in n.lower()) or "ln_" in n}
     assert len({n.rsplit(".fpt_copies.", 1)[0] for n in norms}) == norm_count
     assert any(".fpt_input.default." in n for n in trainable)
     assert any(".modules_to_save.default." in n for n in trainable), "the classification head trains"
@@ -130,14 +130,28 @@ def test_ablation_switches_select_groups() -> None:
     model = get_peft_model(
         base,
         FPTConfig(
-            task_type="SEQ_CLS", input_dim=3, train_layer_norms=False, train_positions=False, train_attention=True
+            task_type="SEQ_CLS",
+            input_dim=3,
+            train_layer_norms=False,
+            train_positions=False,
+            train_attention=True,
         ),
     )
-    wrapped = {n.split(".fpt_copies")[0].removeprefix("base_model.model.") for n in _trainable(model) if "fpt_copies" in n}
+    wrapped = {
+        n.split(".fpt_copies")[0].removeprefix("base_model.model.") for n in _trainable(model) if "fpt_copies" in n
+    }
     assert wrapped == {f"transformer.h.{i}.attn.{p}" for i in range(2) for p in ("c_attn", "c_proj")}
     model = get_peft_model(
         AutoModelForSequenceClassification.from_config(tiny_config("gpt2", num_labels=2)),
-        FPTConfig(task_type="SEQ_CLS", input_dim=3, train_layer_norms=False, train_positions=False, train_feedforward=True),
+        FPTConfig(
+            task_type="SEQ_CLS",
+            input_dim=3,
+            train_layer_norms=False,
+            train_positions=False,
+            train_feedforward=True,
+        ),
     )
-    wrapped = {n.split(".fpt_copies")[0].removeprefix("base_model.model.") for n in _trainable(model) if "fpt_copies" in n}
+    wrapped = {
+        n.split(".fpt_copies")[0].removeprefix("base_model.model.") for n in _trainable(model) if "fpt_copies" in n
+    }
     assert wrapped == {f"transformer.h.{i}.mlp.{p}" for i in range(2) for p in ("c_fc", "c_proj")}

@@ -72,9 +72,7 @@ def test_hub_layout_with_nested_split_files(tmp_path: Path) -> None:
 
 def test_truncation(tmp_path: Path) -> None:
     source = _write(tmp_path / "fold", "parquet", {"train": TRAIN, "test": TEST})
-    with pytest.raises(
-        ValueError, match=r"longest sequence has 11 tokens, more than max_tokens=8.*truncation=True"
-    ):
+    with pytest.raises(ValueError, match=r"longest sequence has 11 tokens, more than max_tokens=8.*truncation=True"):
         homology(source=source, max_tokens=8)
     data = homology(source=source, max_tokens=8, truncation=True)
     assert data.spec.max_tokens == 8
@@ -84,9 +82,7 @@ def test_truncation(tmp_path: Path) -> None:
 def test_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="looks like a local path but does not exist"):
         homology(source=str(tmp_path / "nowhere"))
-    renamed = _write(
-        tmp_path / "renamed", "csv", {"train": TRAIN, "test": TEST}, columns=("sequence", "label")
-    )
+    renamed = _write(tmp_path / "renamed", "csv", {"train": TRAIN, "test": TEST}, columns=("sequence", "label"))
     with pytest.raises(ValueError, match=r"missing column\(s\) \['seq'\].*found \['sequence', 'label'\]"):
         homology(source=renamed)
     bad = _write(tmp_path / "bad", "parquet", {"train": [*TRAIN, ("MK", 1195)], "test": TEST})

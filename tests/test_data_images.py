@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import datasets
@@ -34,9 +35,7 @@ def _write_parquet(root: Path, image_col: str, pixels: dict[str, np.ndarray]) ->
     for split, arrays in pixels.items():
         ds = datasets.Dataset.from_dict(
             {image_col: [Image.fromarray(a) for a in arrays], "label": [i % 10 for i in range(len(arrays))]},
-            features=datasets.Features(
-                {image_col: datasets.Image(), "label": datasets.ClassLabel(num_classes=10)}
-            ),
+            features=datasets.Features({image_col: datasets.Image(), "label": datasets.ClassLabel(num_classes=10)}),
         )
         ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
 
@@ -75,6 +74,10 @@ def test_mnist_from_hub_schema_parquet(tmp_path: Path) -> None:
     assert batch["labels"].tolist() == [0, 1, 2, 3] and batch["labels"].dtype == torch.int64
     images = unpatchify(data.eval[:]["inputs_embeds"], 4, 28, 28)
     assert torch.allclose(images, torch.from_numpy(test).float().unsqueeze(1) / 255)  # [0, 1], no shift
+    restored = pickle.loads(pickle.dumps(data.train))  # DataLoader workers need the transform to pickle
+    assert torch.equal(restored[2]["inputs_embeds"], data.train[2]["inputs_embeds"])
+    shuffled = data.train.shuffle(seed=0)  # the transform survives shuffle/select
+    assert shuffled[0]["inputs_embeds"].shape == (49, 16)
     capped = mnist(source=str(tmp_path / "mnist"), num_train=2, num_eval=1, patch_size=7)
     assert (len(capped.train), len(capped.eval)) == (2, 1)
     assert (capped.spec.max_tokens, capped.spec.input_dim) == (16, 49)
@@ -150,15 +153,11 @@ def test_image_loader_errors(tmp_path: Path) -> None:
     _write_parquet(tmp_path / "big", "image", {"train": _pixels(2, 32, 1, 0), "test": _pixels(1, 32, 1, 1)})
     with pytest.raises(ValueError, match="Expected 28x28 images, got an image of size 32x32"):
         mnist(source=str(tmp_path / "big"))
-    _write_parquet(
-        tmp_path / "renamed", "picture", {"train": _pixels(2, 28, 1, 0), "test": _pixels(1, 28, 1, 1)}
-    )
+    _write_parquet(tmp_path / "renamed", "picture", {"train": _pixels(2, 28, 1, 0), "test": _pixels(1, 28, 1, 1)})
     with pytest.raises(ValueError, match=r"missing column\(s\) \['image'\].*found \['picture', 'label'\]"):
         mnist(source=str(tmp_path / "renamed"))
     _write_parquet(tmp_path / "notest", "image", {"train": _pixels(2, 28, 1, 0)})
-    with pytest.raises(
-        ValueError, match=r"No 'test' split files under .*found parquet files for \['train'\]"
-    ):
+    with pytest.raises(ValueError, match=r"No 'test' split files under .*found parquet files for \['train'\]"):
         mnist(source=str(tmp_path / "notest"))
     with pytest.raises(ValueError, match=r"28x28 images must be divisible by patch_size \(5\)"):
         mnist(source=str(tmp_path / "big"), patch_size=5)

@@ -137,9 +137,7 @@ def test_generated_task_is_padded_and_consistent() -> None:
 
 
 def test_too_long_sequences_need_truncation() -> None:
-    with pytest.raises(
-        ValueError, match=r"longest sequence has \d+ tokens, more than max_tokens=20.*truncation=True"
-    ):
+    with pytest.raises(ValueError, match=r"longest sequence has \d+ tokens, more than max_tokens=20.*truncation=True"):
         listops(num_train=5, num_eval=5, max_tokens=20, min_length=30, max_length=60)
     data = listops(num_train=5, num_eval=5, max_tokens=20, min_length=30, max_length=60, truncation=True)
     assert data.spec.max_tokens == 20 and data.train[:]["attention_mask"].all()

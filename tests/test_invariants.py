@@ -49,7 +49,7 @@ def test_trainable_share_of_real_gpt2_shape() -> None:
     with torch.device("meta"):
         base = AutoModelForSequenceClassification.from_config(config)
         model = get_peft_model(base, FPTConfig(task_type="SEQ_CLS", input_dim=48))
-    trainable, total = model.get_nb_trainable_parameters()
+    trainable, _total = model.get_nb_trainable_parameters()
     # ln: 25 norms x 2 x 768; wpe 1024 x 768; input 48 x 768 + 768; head 768 x 10
     expected = 25 * 2 * 768 + 1024 * 768 + 48 * 768 + 768 + 768 * 10
     assert trainable == expected
@@ -66,15 +66,24 @@ def test_transformers_trainer_trains_and_leaves_base_frozen(tmp_path: Path) -> N
     data = datasets.Dataset.from_dict({"inputs_embeds": features.numpy(), "labels": labels.numpy()})
     data = data.with_format("torch")
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=3, learning_rate=1e-2,
-        report_to=[], save_strategy="no", use_cpu=True, logging_steps=1,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=16,
+        num_train_epochs=3,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data)
     result = trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert result.global_step == 12 and losses[-1] < losses[0]
     state = model.get_base_model().state_dict()
-    assert torch.equal(state["encoder.layer.0.attention.self.query.weight"], before["encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(
+        state["encoder.layer.0.attention.self.query.weight"],
+        before["encoder.layer.0.attention.self.query.weight"],
+    )
 
 
 def test_bf16_autocast_and_bf16_weights() -> None:

@@ -19,7 +19,9 @@ def test_import_registers_in_all_three_tables_idempotently() -> None:
     sizes = [len(t) for t in (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING)]
     fpt_peft.register()
     fpt_peft.register()
-    assert [len(t) for t in (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING)] == sizes
+    assert [
+        len(t) for t in (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING)
+    ] == sizes
     assert PEFT_TYPE_TO_CONFIG_MAPPING["FPT"] is FPTConfig  # type: ignore[index]
     assert PEFT_TYPE_TO_TUNER_MAPPING["FPT"] is FPTModel  # type: ignore[index]
     assert PEFT_TYPE_TO_PREFIX_MAPPING["FPT"] == "fpt_"  # type: ignore[index]
@@ -54,4 +56,3 @@ def test_fresh_process_without_import_fails_and_model_card_says_what_to_do(save_
         [sys.executable, "-c", "import fpt_peft\n" + code], capture_output=True, text=True, timeout=120
     )
     assert with_import.returncode == 0, with_import.stderr
-

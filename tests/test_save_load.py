@@ -48,7 +48,7 @@ def test_adapter_file_holds_only_adapter_weights(adapter) -> None:
     keys = set(load_file(out / "adapter_model.safetensors"))
     assert keys, "weights were saved"
     assert all(".fpt_" in k or k == "base_model.model.score.weight" for k in keys), keys
-    assert not any("attn" in k or "mlp" in k or "wte.weight" == k.rsplit(".", 2)[-2] for k in keys)
+    assert not any("attn" in k or "mlp" in k or k.rsplit(".", 2)[-2] == "wte.weight" for k in keys)
     base_size = (base_dir / "model.safetensors").stat().st_size
     assert (out / "adapter_model.safetensors").stat().st_size < base_size / 4
 
@@ -63,7 +63,7 @@ from transformers import AutoModelForSequenceClassification
 base = AutoModelForSequenceClassification.from_pretrained({str(base_dir)!r})
 model = PeftModel.from_pretrained(base, {str(out)!r}).eval()
 with torch.no_grad():
-    torch.save(model(inputs_embeds=torch.load({str(tmp_path / 'x.pt')!r})).logits, {str(tmp_path / 'y.pt')!r})
+    torch.save(model(inputs_embeds=torch.load({str(tmp_path / "x.pt")!r})).logits, {str(tmp_path / "y.pt")!r})
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

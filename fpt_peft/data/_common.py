@@ -89,8 +89,7 @@ def check_columns(dataset: datasets.Dataset, required: Sequence[str], source: st
     missing = [c for c in required if c not in dataset.column_names]
     if missing:
         raise ValueError(
-            f"{source!r} is missing column(s) {missing}; expected {list(required)}, "
-            f"found {dataset.column_names}."
+            f"{source!r} is missing column(s) {missing}; expected {list(required)}, found {dataset.column_names}."
         )
 
 

@@ -32,9 +32,7 @@ def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return rng.integers(0, 2, size=shape).astype(np.float32) * 2 - 1
 
 
-def _xor_split(
-    rng: np.random.Generator, n: int, n_bits: int, patch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _xor_split(rng: np.random.Generator, n: int, n_bits: int, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
     strings = _signs(rng, (n, 2, n_bits))
     labels = ((strings[:, 0] > 0) ^ (strings[:, 1] > 0)).astype(np.int64)
     return strings.reshape(n, 2 * n_bits // patch_size, patch_size), labels

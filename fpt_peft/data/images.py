@@ -10,7 +10,7 @@ augmentation (random crop, flip, rotation) is not applied.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,68 +52,58 @@ def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) 
     return x.reshape(n, c, height, width)
 
 
-def _to_tensor(images: Sequence[Any], mode: str, size: int) -> torch.Tensor:
-    """PIL images -> float (N, C, H, W) in [0, 1] (``mode`` "L" or "RGB"); checks the image size."""
-    arrays = []
-    for image in images:
-        if image.size != (size, size):
-            raise ValueError(
-                f"Expected {size}x{size} images, got an image of size {image.size[0]}x{image.size[1]}."
-            )
-        arrays.append(np.asarray(image.convert(mode), dtype=np.uint8))
-    x = torch.from_numpy(np.stack(arrays)).float().div_(255.0)
-    return x.unsqueeze(1) if mode == "L" else x.permute(0, 3, 1, 2)
+@dataclass(frozen=True)
+class ImageTransform:
+    """Batch transform: PIL images -> [0, 1] tensors -> (grey) -> normalised -> patches; int64 labels.
 
+    A plain dataclass (not a closure) so that datasets using it pickle, e.g. into DataLoader workers.
+    """
 
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(GREY_WEIGHTS, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    mode: str  # "L" (one channel) or "RGB"
+    size: int  # expected height and width
+    patch_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    grey: bool = False  # RGB -> one luma channel before normalising
 
-
-def _normalise(mean: Sequence[float], std: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - m) / s
-
-    return fn
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        """Turn a batch of ``inputs_embeds`` (PIL images) and ``labels`` into tensors."""
+        arrays = []
+        for image in batch["inputs_embeds"]:
+            if image.size != (self.size, self.size):
+                raise ValueError(
+                    f"Expected {self.size}x{self.size} images, got an image of size {image.size[0]}x{image.size[1]}."
+                )
+            arrays.append(np.asarray(image.convert(self.mode), dtype=np.uint8))
+        x = torch.from_numpy(np.stack(arrays)).float().div_(255.0)
+        x = x.unsqueeze(1) if self.mode == "L" else x.permute(0, 3, 1, 2)
+        if self.grey:
+            x = (x * torch.tensor(GREY_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+        x = (x - torch.tensor(self.mean).view(1, -1, 1, 1)) / torch.tensor(self.std).view(1, -1, 1, 1)
+        return {"inputs_embeds": patchify(x, self.patch_size), "labels": torch.tensor(batch["labels"])}
 
 
 def _image_task(
-    name: str,
-    source: str,
-    *,
-    mode: str,
-    size: int,
-    patch_size: int,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
-    num_train: int | None,
-    num_eval: int | None,
-    eval_split: str,
+    name: str, source: str, transform: ImageTransform, num_train: int | None, num_eval: int | None, eval_split: str
 ) -> TaskData:
     """Load ``source``, cap the splits and attach the lazy patching transform."""
+    size, patch_size = transform.size, transform.patch_size
     check_int("patch_size", patch_size)
     if size % patch_size:
         raise ValueError(f"{size}x{size} images must be divisible by patch_size ({patch_size}).")
     splits = load_splits(source, eval_split, formats=("parquet",), image_folder=True)
-
-    def transform(batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        x = prepare(_to_tensor(batch["inputs_embeds"], mode, size))
-        return {"inputs_embeds": patchify(x, patch_size), "labels": torch.tensor(batch["labels"])}
-
     prepared = []
     for split, limit, arg in zip(splits, (num_train, num_eval), ("num_train", "num_eval"), strict=True):
         image_col = "img" if "img" in split.column_names else "image"
         check_columns(split, [image_col, "label"], source)
         split = cap(split, limit, arg).select_columns([image_col, "label"])
-        split = split.rename_columns({image_col: "inputs_embeds", "label": "labels"}).with_transform(
-            transform
-        )
+        split = split.rename_columns({image_col: "inputs_embeds", "label": "labels"})
+        split = split.with_transform(transform)
         if len(split) == 0:
             raise ValueError(f"The {arg[4:]} split of {source!r} is empty.")
         _ = split[0]  # decode one example now, so that bad images fail here and not in the training loop
         prepared.append(split)
-    channels = 3 if name == "cifar10" else 1
+    channels = 1 if transform.mode == "L" or transform.grey else 3
     spec = TaskSpec(
         name=name,
         input_dim=patch_size * patch_size * channels,
@@ -136,17 +126,8 @@ def mnist(
     ``source``: hub id, a directory of parquet files in the hub schema (columns ``image``, ``label``)
     or an ``imagefolder`` tree. Defaults give 49 tokens of 16 values.
     """
-    return _image_task(
-        "mnist",
-        source,
-        mode="L",
-        size=28,
-        patch_size=patch_size,
-        prepare=lambda x: x,
-        num_train=num_train,
-        num_eval=num_eval,
-        eval_split=eval_split,
-    )
+    transform = ImageTransform("L", 28, patch_size, mean=(0.0,), std=(1.0,))
+    return _image_task("mnist", source, transform, num_train, num_eval, eval_split)
 
 
 def cifar10(
@@ -161,17 +142,8 @@ def cifar10(
     ``source``: hub id, a directory of parquet files in the hub schema (columns ``img``, ``label``)
     or an ``imagefolder`` tree. Defaults give 64 tokens of 48 values.
     """
-    return _image_task(
-        "cifar10",
-        source,
-        mode="RGB",
-        size=32,
-        patch_size=patch_size,
-        prepare=_normalise(CIFAR10_MEAN, CIFAR10_STD),
-        num_train=num_train,
-        num_eval=num_eval,
-        eval_split=eval_split,
-    )
+    transform = ImageTransform("RGB", 32, patch_size, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    return _image_task("cifar10", source, transform, num_train, num_eval, eval_split)
 
 
 def cifar10_lra(
@@ -181,19 +153,9 @@ def cifar10_lra(
     num_eval: int | None = None,
     eval_split: str = "test",
 ) -> TaskData:
-    """CIFAR-10 LRA: greyscale CIFAR-10, normalised to [-1, 1] (mean 0.5, std 0.5), 1024 tokens of 1 pixel."""
-    norm = _normalise((0.5,), (0.5,))
-    return _image_task(
-        "cifar10_lra",
-        source,
-        mode="RGB",
-        size=32,
-        patch_size=patch_size,
-        prepare=lambda x: norm(_grey(x)),
-        num_train=num_train,
-        num_eval=num_eval,
-        eval_split=eval_split,
-    )
+    """CIFAR-10 LRA: greyscale CIFAR-10 normalised to [-1, 1] (mean 0.5, std 0.5), 1024 tokens of 1 pixel."""
+    transform = ImageTransform("RGB", 32, patch_size, mean=(0.5,), std=(0.5,), grey=True)
+    return _image_task("cifar10_lra", source, transform, num_train, num_eval, eval_split)
 
 
 def digits(patch_size: int = 2, eval_fraction: float = 0.2, seed: int = 0) -> TaskData:

@@ -93,9 +93,7 @@ class _TooLong(Exception):
     pass
 
 
-def _tree(
-    rng: random.Random, depth: int, max_depth: int, max_args: int, out: list[str], budget: list[int]
-) -> None:
+def _tree(rng: random.Random, depth: int, max_depth: int, max_args: int, out: list[str], budget: list[int]) -> None:
     """Append one random subtree's tokens (LRA text format) to ``out``; abort once ``budget`` is spent."""
     budget[0] -= 1
     if budget[0] < 0:
