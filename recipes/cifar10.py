@@ -1,0 +1,35 @@
+"""CIFAR-10 as a sequence task (Lu et al., 2021): 32x32 RGB images in 4x4 patches, 64 tokens of 48 values.
+
+``--source`` is the Hub dataset (default ``uoft-cs/cifar10``) or a local folder of parquet files in its schema
+(``img``, ``label``; files named ``train*`` / ``test*``):
+
+    accelerate launch recipes/cifar10.py
+    accelerate launch recipes/cifar10.py --model gpt2 --max-steps 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fpt_peft.data import load_task
+from fpt_peft.training import add_training_args, train
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Parse the arguments, build the task and train."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--source", default="uoft-cs/cifar10", help="Hub id or local folder. Default: uoft-cs/cifar10.")
+    data.add_argument("--patch-size", type=int, default=4, help="Patch side in pixels. Default: 4.")
+    data.add_argument("--num-train", type=int, default=None, help="Use only the first N training images.")
+    data.add_argument("--num-eval", type=int, default=None, help="Use only the first N evaluation images.")
+    add_training_args(parser, batch_size=16, max_steps=10_000, eval_every=2000, save_every=2000)
+    args = parser.parse_args(argv)
+    task = load_task(
+        "cifar10", source=args.source, patch_size=args.patch_size, num_train=args.num_train, num_eval=args.num_eval
+    )
+    return train(task, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""CIFAR-10 LRA (Long Range Arena's image task): grey CIFAR-10 as 1024 tokens of one pixel each; 10 classes.
+
+1024 tokens need a model with at least 1024 positions, so the default model is the paper's GPT-2 (``--model gpt2``,
+from the Hub). ``--source`` is the Hub dataset (default ``uoft-cs/cifar10``) or a local folder of parquet files in
+its schema (``img``, ``label``):
+
+    accelerate launch recipes/cifar10_lra.py
+    python recipes/cifar10_lra.py --model minilm --patch-size 2     # 256 tokens fit MiniLM's 512 positions
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fpt_peft.data import load_task
+from fpt_peft.training import add_training_args, train
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Parse the arguments, build the task and train."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--source", default="uoft-cs/cifar10", help="Hub id or local folder. Default: uoft-cs/cifar10.")
+    data.add_argument("--patch-size", type=int, default=1, help="Patch side in pixels (LRA: 1). Default: 1.")
+    data.add_argument("--num-train", type=int, default=None, help="Use only the first N training images.")
+    data.add_argument("--num-eval", type=int, default=None, help="Use only the first N evaluation images.")
+    add_training_args(parser, model="gpt2", batch_size=16, max_steps=10_000, eval_every=2000, save_every=2000)
+    args = parser.parse_args(argv)
+    task = load_task(
+        "cifar10_lra", source=args.source, patch_size=args.patch_size, num_train=args.num_train, num_eval=args.num_eval
+    )
+    return train(task, args)
+
+
+if __name__ == "__main__":
+    main()
