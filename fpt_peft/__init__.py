@@ -8,12 +8,14 @@ from .config import FPTConfig
 from .layer import FPTInputLayer, FPTModuleLayer, FPTOutputLayer, FPTParameterLayer
 from .model import FPTModel, FPTOutput
 from .registration import FPTPeftType, register
+from .safe_io import AdapterIntegrityError, PickledAdapterError, allow_pickled_adapters
 
 __version__ = "0.1.0"
 
 register()
 
 __all__ = [
+    "AdapterIntegrityError",
     "FPTConfig",
     "FPTInputLayer",
     "FPTModel",
@@ -22,6 +24,8 @@ __all__ = [
     "FPTOutputLayer",
     "FPTParameterLayer",
     "FPTPeftType",
+    "PickledAdapterError",
     "__version__",
+    "allow_pickled_adapters",
     "register",
 ]

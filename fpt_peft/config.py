@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -22,8 +25,11 @@ _FLAGS = (
     "train_feedforward",
 )
 # Guards against absurd sizes in untrusted adapter_config.json files (a 2**40-row embedding would exhaust memory
-# before any useful error).
+# before any useful error). The loaders in :mod:`fpt_peft.safe_io` also bound the new layers by the weights file.
 _MAX_SIZE = 2**24
+_OPTIONAL_STRS = ("base_model_name_or_path", "revision", "peft_version", "base_model_type")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_QUALIFIED_PARAMETER = re.compile(r"[^.\s]+(\.[^.\s]+)+")  # "module.path.parameter"
 
 MODEL_CARD_NOTE = (
     "## Loading this adapter\n\n"
@@ -80,6 +86,9 @@ class FPTConfig(PeftConfig):
         position_parameters (`list[str]`, *optional*): positional embeddings that are bare parameters (e.g. ViT's
             `embeddings.position_embeddings`); resolved by discovery.
         base_model_type, base_hidden_size: recorded on first use; a load onto another architecture or width fails.
+        weights_sha256 (`str`, *optional*): SHA-256 (hex) of the weights file saved with this config. Written by
+            `save_pretrained`; every load verifies it, so a config and weights from different saves (a torn copy, a
+            hand-edited folder) are refused instead of loaded. Configs without it (older saves) load unverified.
     """
 
     input_dim: int | None = field(default=None, metadata={"help": "Width of continuous input tokens."})
@@ -105,8 +114,20 @@ class FPTConfig(PeftConfig):
     )
     base_model_type: str | None = field(default=None, metadata={"help": "model_type of the base (recorded)."})
     base_hidden_size: int | None = field(default=None, metadata={"help": "Width of the base model (recorded)."})
+    weights_sha256: str | None = field(
+        default=None, metadata={"help": "SHA-256 of the weights file saved with this config (recorded, verified)."}
+    )
 
     def __post_init__(self) -> None:
+        if self.task_type is not None and (
+            not isinstance(self.task_type, str) or self.task_type not in list(TaskType)
+        ):
+            raise ValueError(
+                f"FPTConfig.task_type must be None or one of {', '.join(TaskType)}, got "
+                f"{type(self.task_type).__name__} {self.task_type!r}."
+            )
+        if self.peft_type is not None and self.peft_type != PEFT_TYPE:
+            raise ValueError(f"FPTConfig.peft_type must be 'FPT', got {self.peft_type!r}.")
         super().__post_init__()
         self.peft_type = PEFT_TYPE  # type: ignore[assignment]
         self._validate()
@@ -114,10 +135,16 @@ class FPTConfig(PeftConfig):
             self.pad_token_id = 0
 
     def _validate(self) -> None:
-        for name in _FLAGS:
+        for name in (*_FLAGS, "inference_mode"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"FPTConfig.{name} must be a bool, got {type(value).__name__} {value!r}.")
+        if isinstance(self.base_model_name_or_path, os.PathLike):
+            self.base_model_name_or_path = os.fspath(self.base_model_name_or_path)
+        for name in _OPTIONAL_STRS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"FPTConfig.{name} must be a str or None, got {type(value).__name__} {value!r}.")
         for name in _POSITIVE_INTS:
             value = getattr(self, name)
             if value is None and name in ("input_dim", "input_vocab_size", "output_dim"):
@@ -130,12 +157,42 @@ class FPTConfig(PeftConfig):
                 f"(symbols, passed as input_ids), not both; got input_dim={self.input_dim}, "
                 f"input_vocab_size={self.input_vocab_size}."
             )
+        if self.output_dim is not None and self.output_dim * self.values_per_token > _MAX_SIZE:
+            raise ValueError(
+                f"FPTConfig.output_dim * values_per_token (the output layer width) must be at most {_MAX_SIZE}, "
+                f"got {self.output_dim} * {self.values_per_token}."
+            )
+        if self.output_tokens * self.values_per_token > _MAX_SIZE:
+            raise ValueError(
+                f"FPTConfig.output_tokens * values_per_token must be at most {_MAX_SIZE}, got "
+                f"{self.output_tokens} * {self.values_per_token}."
+            )
         if self.pad_token_id is not None:
             upper = self.input_vocab_size or _MAX_SIZE
-            if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < upper:
-                raise ValueError(f"FPTConfig.pad_token_id must be an int in [0, {upper}), got {self.pad_token_id!r}.")
-        if not isinstance(self.input_init_gain, (int, float)) or not 0 < float(self.input_init_gain) < 1e3:
-            raise ValueError(f"FPTConfig.input_init_gain must be a positive number, got {self.input_init_gain!r}.")
+            value = self.pad_token_id
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < upper:
+                raise ValueError(f"FPTConfig.pad_token_id must be an int in [0, {upper}), got {value!r}.")
+        gain = self.input_init_gain
+        number = isinstance(gain, (int, float)) and not isinstance(gain, bool)
+        if not number or (isinstance(gain, float) and not math.isfinite(gain)) or not 0 < gain < 1e3:
+            raise ValueError(f"FPTConfig.input_init_gain must be a finite number in (0, 1000), got {gain!r}.")
+        if self.base_hidden_size is not None:
+            value = self.base_hidden_size
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_SIZE:
+                raise ValueError(
+                    f"FPTConfig.base_hidden_size must be an int in [1, {_MAX_SIZE}] or None, got {value!r}."
+                )
+        if self.weights_sha256 is not None and (
+            not isinstance(self.weights_sha256, str) or not _SHA256.fullmatch(self.weights_sha256)
+        ):
+            raise ValueError(
+                f"FPTConfig.weights_sha256 must be 64 lowercase hex digits or None, got {self.weights_sha256!r}."
+            )
+        if self.auto_mapping is not None and (
+            not isinstance(self.auto_mapping, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in self.auto_mapping.items())
+        ):
+            raise TypeError(f"FPTConfig.auto_mapping must be a dict of str to str or None, got {self.auto_mapping!r}.")
         is_seq_cls = self.task_type in (TaskType.SEQ_CLS, "SEQ_CLS")
         if self.output_dim is not None and is_seq_cls:
             raise ValueError(
@@ -149,10 +206,53 @@ class FPTConfig(PeftConfig):
             )
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, (str, list, set, tuple)):
-                raise TypeError(f"FPTConfig.{name} must be a str or a list of str, got {type(value).__name__}.")
-            if isinstance(value, (set, tuple)):
-                setattr(self, name, sorted(value))
+            if value is None:
+                continue
+            if isinstance(value, str):
+                try:
+                    re.compile(value)  # peft matches a single string as a regular expression
+                except re.error as exc:
+                    raise ValueError(
+                        f"FPTConfig.{name} is not a valid regular expression ({exc}): {value!r}."
+                    ) from exc
+                continue
+            setattr(self, name, self._names(name, value, allow_empty=name == "exclude_modules"))
+        if self.modules_to_save is not None:
+            self.modules_to_save = self._names("modules_to_save", self.modules_to_save, allow_empty=True)
+        if self.position_parameters is not None:
+            self.position_parameters = self._names("position_parameters", self.position_parameters, allow_empty=True)
+            for qualified in self.position_parameters:
+                if not _QUALIFIED_PARAMETER.fullmatch(qualified):
+                    raise ValueError(
+                        "FPTConfig.position_parameters must hold qualified parameter names such as "
+                        f"'embeddings.position_embeddings', got {qualified!r}."
+                    )
+
+    @staticmethod
+    def _names(name: str, value: Any, allow_empty: bool) -> list[str]:
+        """``value`` as a sorted list of non-empty strings, or a TypeError / ValueError naming the field."""
+        if not isinstance(value, (list, set, tuple)):
+            raise TypeError(f"FPTConfig.{name} must be a list of str, got {type(value).__name__} {value!r}.")
+        bad = [v for v in value if not isinstance(v, str) or not v]
+        if bad:
+            raise TypeError(f"FPTConfig.{name} must hold non-empty strings only, got {bad[:3]!r}.")
+        if not value and not allow_empty:
+            raise ValueError(
+                f"FPTConfig.{name} is an empty list, which matches nothing; leave it None to let FPT discover the "
+                "modules to train."
+            )
+        return sorted(value) if isinstance(value, (set, tuple)) else list(value)
+
+    def new_layer_parameters(self, hidden_size: int) -> int:
+        """How many weights the new input and output layers of this config hold on a base of width ``hidden_size``."""
+        count = 0
+        if self.input_dim is not None:
+            count += (self.input_dim + 1) * hidden_size
+        elif self.input_vocab_size is not None:
+            count += self.input_vocab_size * hidden_size
+        if self.output_dim is not None:
+            count += (hidden_size + 1) * self.output_dim * self.values_per_token
+        return count
 
     @property
     def output_values(self) -> int:
@@ -183,19 +283,26 @@ class FPTConfig(PeftConfig):
         A malformed ``adapter_config.json``, or a local adapter folder whose weights file is missing or corrupted,
         raises a clear error here, before peft touches the model.
         """
-        try:
-            config: FPTConfig = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"adapter_config.json at {pretrained_model_name_or_path!r} is not valid JSON ({exc})."
-            ) from exc
-        except TypeError as exc:
-            raise ValueError(
-                f"adapter_config.json at {pretrained_model_name_or_path!r} does not describe an FPTConfig: {exc}"
-            ) from exc
+        from . import safe_io
+
         folder = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
-        if os.path.isdir(folder):
-            check_adapter_weights(folder)
+        local = os.path.isdir(folder)
+        # A shared lock: a concurrent fpt-peft save cannot swap the files between reading the config and its weights.
+        with safe_io.reading(folder) if local else nullcontext():
+            try:
+                config: FPTConfig = super().from_pretrained(
+                    pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+                )
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"adapter_config.json at {pretrained_model_name_or_path!r} is not valid JSON ({exc})."
+                ) from exc
+            except TypeError as exc:
+                raise ValueError(
+                    f"adapter_config.json at {pretrained_model_name_or_path!r} does not describe an FPTConfig: {exc}"
+                ) from exc
+            if local:
+                check_adapter_weights(folder)
         return config
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
@@ -205,23 +312,14 @@ class FPTConfig(PeftConfig):
 
 
 def check_adapter_weights(folder: str) -> None:
-    """Raise a clear error if ``folder`` has no readable adapter weights file."""
-    from safetensors import safe_open
+    """Raise a clear error unless ``folder`` holds readable adapter weights that belong to its config.
 
-    path = os.path.join(folder, "adapter_model.safetensors")
-    if not os.path.exists(path):
-        if os.path.exists(os.path.join(folder, "adapter_model.bin")):
-            return
-        raise FileNotFoundError(
-            f"{folder!r} has an adapter_config.json but no adapter_model.safetensors: the adapter was not saved "
-            "completely. Save it again with model.save_pretrained(...)."
-        )
-    try:
-        with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118  (safe_open is not iterable; reading all catches truncation)
-                handle.get_tensor(key)
-    except Exception as exc:
-        raise ValueError(f"{path!r} is corrupted or truncated and cannot be read as safetensors ({exc}).") from exc
+    The weights must be ``adapter_model.safetensors`` (a pickled ``adapter_model.bin`` is refused unless allowed, see
+    :func:`fpt_peft.safe_io.allow_pickled_adapters`), complete, and match the config's ``weights_sha256``.
+    """
+    from . import safe_io
+
+    safe_io.verify_adapter_folder(folder)
 
 
 def write_model_card_note(save_directory: str) -> None:

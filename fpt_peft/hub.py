@@ -2,8 +2,8 @@
 
 transformers' ``push_to_hub`` replaces ``README.md`` with the remote card (or a generic template), which would
 drop the note that ``import fpt_peft`` is needed to load the adapter. For models holding an FPT adapter,
-``PeftModel.push_to_hub`` therefore uploads exactly the folder ``save_pretrained`` writes; other models are
-untouched.
+``PeftModel.push_to_hub`` therefore uploads exactly the folder ``save_pretrained`` writes (without fpt-peft's lock
+file); other models are untouched.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi
 from peft import PeftModel
+
+from .safe_io import is_internal_file
 
 _ORIGINAL_PUSH = PeftModel.push_to_hub
 
@@ -58,7 +60,7 @@ def push_to_hub(
         operations = [
             CommitOperationAdd(path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path))
             for path in sorted(root.rglob("*"))
-            if path.is_file()
+            if path.is_file() and not any(is_internal_file(part) for part in path.relative_to(root).parts)
         ]
         return api.create_commit(
             repo_id=repo_id,

@@ -38,10 +38,20 @@ class _FPTLayerMixin(BaseTunerLayer):
             self.frozen_peft_weight_names.pop(adapter_name, None)
 
     def _single_active(self) -> str | None:
-        """The one active adapter that has weights here, or None (disabled, merged away, or absent)."""
-        if self.disable_adapters:
+        """The one active adapter that has weights here, or None (disabled, merged away, or absent).
+
+        Runs on every forward of every wrapped module, so it reads the attributes directly rather than through
+        peft's ``active_adapters`` / ``_get_available_adapters`` (which build lists and sets on each call).
+        """
+        if self._disable_adapters:
             return None
-        present = [a for a in self.active_adapters if a in self._get_available_adapters()]
+        # Every FPT layer has one adapter container (a ModuleDict or ParameterDict: both answer `in`).
+        container = self._modules[self.adapter_layer_names[0]]  # type: ignore[attr-defined]
+        active = self._active_adapter
+        if isinstance(active, str) or len(active) == 1:  # peft stores a one-element list after set_adapter
+            name = active if isinstance(active, str) else active[0]
+            return name if name in container else None
+        present = [a for a in active if a in container]
         if len(present) > 1:
             raise ValueError(f"FPT runs one adapter at a time; {present} are active. Call set_adapter(name).")
         return present[0] if present else None
@@ -100,9 +110,12 @@ class FPTModuleLayer(nn.Module, _FPTLayerMixin):
         self.base_layer, self.fpt_copies[name] = self.fpt_copies[name], self.base_layer
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        active = None if self.merged else self._single_active()
-        module = self.base_layer if active is None else self.fpt_copies[active]
-        return module(*args, **kwargs)
+        # Hot path (every norm and positional embedding, every forward): submodules are read from `_modules`
+        # directly, skipping nn.Module's and this class's `__getattr__` fallbacks.
+        modules = self._modules
+        active = None if self.merged_adapters else self._single_active()
+        module = modules["base_layer"] if active is None else modules["fpt_copies"]._modules[active]  # type: ignore[union-attr]
+        return module(*args, **kwargs)  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return "fpt." + super().__repr__()
@@ -224,11 +237,14 @@ class FPTInputLayer(nn.Module, _FPTLayerMixin):
                 f"{layer.in_features}), not input_ids."
             )
         assert isinstance(layer, nn.Embedding)
-        if input_ids.numel() and (int(input_ids.max()) >= layer.num_embeddings or int(input_ids.min()) < 0):
-            raise ValueError(
-                f"input_ids must lie in [0, input_vocab_size={layer.num_embeddings}); got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]."
-            )
+        if input_ids.numel():
+            # One reduction and one host read (a GPU sync) for both bounds.
+            low, high = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())
+            if high >= layer.num_embeddings or low < 0:
+                raise ValueError(
+                    f"input_ids must lie in [0, input_vocab_size={layer.num_embeddings}); got values in "
+                    f"[{low}, {high}]."
+                )
         return layer(input_ids)  # type: ignore[no-any-return]
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -301,8 +317,9 @@ class FPTOutputLayer(nn.Module, _FPTLayerMixin):
         tokens, values, classes = self.output_shapes[name]
         if hidden.shape[1] < tokens:
             raise ValueError(f"The output layer reads the last {tokens} tokens; the input has {hidden.shape[1]}.")
-        if attention_mask is not None and not bool(attention_mask[:, -1].all()):
-            # Right padding: read the last real tokens of each row.
+        if attention_mask is not None and attention_mask.dim() == 2:
+            # Read the last real tokens of each row (right padding). Without padding this picks the last tokens,
+            # as the slice below does; always gathering avoids a data-dependent branch (a GPU sync per forward).
             last = attention_mask.shape[1] - 1 - attention_mask.flip(1).to(torch.int64).argmax(1)
             index = last[:, None] - torch.arange(tokens - 1, -1, -1, device=hidden.device)[None, :]
             picked = hidden.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))

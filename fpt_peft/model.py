@@ -251,7 +251,8 @@ class FPTModel(BaseTuner):
                 raise ValueError(
                     f"Adapter(s) {sorted(set(new_layers))} have a new FPT input or output layer, which has no place "
                     "in the base architecture, so merge_and_unload cannot produce a plain base model. Keep the "
-                    "PeftModel (merge_adapter() writes norms and positions into the base and keeps the new layers in use)."
+                    "PeftModel (merge_adapter() writes norms and positions into the base and keeps the new layers in "
+                    "use)."
                 )
         model: nn.Module = super()._unload_and_optionally_merge(  # type: ignore[func-returns-value,assignment]
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names

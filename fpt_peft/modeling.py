@@ -36,7 +36,7 @@ def load_backbone(
     """Load the backbone (``AutoModel``) named by ``model``: pretrained weights, or its architecture re-initialised.
 
     ``model`` is ``"minilm"``/``"smollm2"`` (packaged), a local folder or a Hub id (see
-    :func:`fpt_peft.pretrained.resolve_model`). Any failure to find or read it raises an ``OSError`` naming ``--model``.
+    :func:`fpt_peft.pretrained.resolve_model`). A failure to find or read it raises an ``OSError`` naming ``--model``.
     """
     if init not in ("pretrained", "random"):
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}.")
@@ -69,9 +69,9 @@ def check_fits(spec: TaskSpec, backbone: torch.nn.Module, model: str = "") -> No
     capacity = max_positions(backbone)
     if capacity is not None and spec.max_tokens > capacity:
         raise ValueError(
-            f"Task {spec.name!r} has sequences of {spec.max_tokens} tokens, but --model {model or type(backbone).__name__!r} "
-            f"has {capacity} learned positions. Use larger patches or shorter / truncated sequences, or a model with "
-            "more positions (e.g. --model gpt2: 1024)."
+            f"Task {spec.name!r} has sequences of {spec.max_tokens} tokens, but --model "
+            f"{model or type(backbone).__name__!r} has {capacity} learned positions. Use larger patches or shorter / "
+            "truncated sequences, or a model with more positions (e.g. --model gpt2: 1024)."
         )
 
 
@@ -86,7 +86,7 @@ def _used_but_untargeted(backbone: torch.nn.Module, spec: TaskSpec) -> list[str]
     tokens = min(spec.max_tokens, 4)
     hidden = hidden_size_of(backbone)
     if hidden is None:
-        raise ValueError(f"Cannot tell the width of {type(backbone).__name__}, so cannot probe it for full finetuning.")
+        raise ValueError(f"Cannot tell the width of {type(backbone).__name__}; cannot probe it for full finetuning.")
     reference = next(p for p in backbone.parameters() if p.is_floating_point())
     inputs = torch.randn(1, tokens, hidden, dtype=reference.dtype, device=reference.device)
     flags = {name: p.requires_grad for name, p in backbone.named_parameters()}
@@ -118,7 +118,7 @@ def build_model(
     dtype: torch.dtype | str | None = None,
     seed: int | None = None,
 ) -> PeftModel:
-    """The FPT model for ``spec``: backbone ``model`` with a new input layer, an output layer and the chosen groups trained.
+    """The FPT model for ``spec``: backbone ``model`` with new input and output layers and the chosen groups trained.
 
     Args:
         spec: the task (input width or vocabulary, classes, output tokens, sequence length).
@@ -163,7 +163,10 @@ def build_model(
         values_per_token=spec.values_per_token,
         train_attention=train_attention,
         train_feedforward=train_feedforward,
+        train_layer_norms=train_layer_norms,
+        train_positions=train_positions,
+        train_input=train_input,
+        train_output=train_output,
         modules_to_save=extra or None,
-        **flags,
     )
     return get_peft_model(backbone, config)  # type: ignore[return-value]

@@ -34,9 +34,10 @@ def register() -> None:
     mapping.PEFT_TYPE_TO_CONFIG_MAPPING[PEFT_TYPE] = FPTConfig  # type: ignore[index]
     mapping.PEFT_TYPE_TO_TUNER_MAPPING[PEFT_TYPE] = FPTModel  # type: ignore[index]
     mapping.PEFT_TYPE_TO_PREFIX_MAPPING[PEFT_TYPE] = PREFIX  # type: ignore[index]
-    from . import hub
+    from . import hub, safe_io
 
     hub.install()
+    safe_io.install()
 
 
 def is_registered() -> bool:

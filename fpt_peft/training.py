@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import types
 import typing
@@ -43,7 +42,9 @@ class TrainingArguments:
     per task through :func:`add_training_args`.
     """
 
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Backbone: 'minilm', 'smollm2', a folder or a Hub id."})
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Backbone: 'minilm', 'smollm2', a local folder or a Hub id."}
+    )
     init: str = field(
         default="pretrained",
         metadata={"choices": ("pretrained", "random"), "help": "Pretrained weights, or the paper's random baseline."},
@@ -61,7 +62,7 @@ class TrainingArguments:
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
     batch_size: int = field(default=16, metadata={"help": "Training batch size per process."})
-    eval_batch_size: int | None = field(default=None, metadata={"help": "Evaluation batch size (default: batch size)."})
+    eval_batch_size: int | None = field(default=None, metadata={"help": "Eval batch size (default: batch size)."})
     max_steps: int = field(default=1000, metadata={"help": "Optimizer steps to train for."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps."})
     lr_scheduler: str = field(
@@ -192,9 +193,13 @@ def evaluate_model(
     for batch in loader:
         logits = model(**_model_batch(batch, keys)).logits
         labels = batch["labels"]
-        losses = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none"
-        ).reshape(labels.shape[0], -1).mean(dim=1)
+        losses = (
+            torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none"
+            )
+            .reshape(labels.shape[0], -1)
+            .mean(dim=1)
+        )
         predictions, references, losses = accelerator.gather_for_metrics((logits.argmax(dim=-1), labels, losses))
         metric.add_batch(predictions=predictions.cpu().numpy(), references=references.cpu().numpy())
         loss_sum += float(losses.sum())
@@ -234,7 +239,8 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     _prepare_output_dir(args, output_dir)
 
     accelerator = Accelerator(
-        cpu=args.cpu or not torch.cuda.is_available(),  # on CPU, cpu=True is what makes a multi-process launch a gloo group
+        # Without CUDA, cpu=True is what turns `accelerate launch --multi_gpu --num_processes N` into one gloo group.
+        cpu=args.cpu or not torch.cuda.is_available(),
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.log_with,
@@ -249,7 +255,9 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     keys = model_inputs(spec)
     sampler = EpochSampler(len(task.train), args.seed)
     loader_options: dict[str, Any] = {"num_workers": args.num_workers, "generator": torch.Generator().manual_seed(0)}
-    train_loader = DataLoader(task.train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_options)
+    train_loader = DataLoader(
+        task.train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_options
+    )
     eval_loader = DataLoader(task.eval, batch_size=args.eval_batch_size or args.batch_size, **loader_options)
     optimizer = torch.optim.Adam(
         trainable,
@@ -281,17 +289,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     accelerator.wait_for_everyone()
     set_seed(args.seed, device_specific=True)  # dropout differs per process; a resume restores the saved states
     if args.resume:
-        last = latest_checkpoint(checkpoints)
-        if last is None:
-            accelerator.print(f"--resume: no complete checkpoint in {checkpoints}; starting from step 0.")
-        else:
-            accelerator.load_state(str(last))
-            if progress.num_processes != n:
-                raise ValueError(
-                    f"{last} was written by a run with {progress.num_processes} process(es); resume it with the "
-                    f"same number (this run has {n})."
-                )
-            accelerator.print(f"Resumed from {last} at step {progress.step}.")
+        _resume(accelerator, checkpoints, progress)
 
     if args.log_with:
         accelerator.init_trackers(spec.name, config=_tracker_config(args, task))
@@ -305,7 +303,9 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     evaluated_at = -1
     running_loss = torch.zeros((), device=accelerator.device)
     running_count = 0
-    bar = tqdm(total=args.max_steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc=spec.name)
+    bar = tqdm(
+        total=args.max_steps, initial=progress.step, desc=spec.name, disable=not accelerator.is_local_main_process
+    )
     model.train()
     while progress.step < args.max_steps:
         sampler.set_epoch(progress.epoch)
@@ -338,7 +338,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
                 metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
                 evaluated_at = step
                 accelerator.log({f"eval_{k}" if k != "eval_loss" else k: v for k, v in metrics.items()}, step=step)
-                accelerator.print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                accelerator.print(_describe(step, metrics))
             if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
                 save_checkpoint(accelerator, checkpoints, step, args.keep_checkpoints)
             if step >= args.max_steps:
@@ -350,19 +350,44 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
 
     if evaluated_at != progress.step:  # e.g. resumed from the final checkpoint
         metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
-        accelerator.print(f"step {progress.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        accelerator.print(_describe(progress.step, metrics))
     metrics["step"] = progress.step
+    _save_adapter(accelerator, model, output_dir, metrics, args.push_to_hub)
+    accelerator.end_training()
+    return metrics
+
+
+def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgress) -> None:
+    """Load the last complete checkpoint, if any (model adapter, optimizer, scheduler, RNG states, progress)."""
+    last = latest_checkpoint(checkpoints)
+    if last is None:
+        accelerator.print(f"--resume: no complete checkpoint in {checkpoints}; starting from step 0.")
+        return
+    processes = accelerator.num_processes
+    accelerator.load_state(str(last))
+    if progress.num_processes != processes:
+        raise ValueError(
+            f"{last} was written by a run with {progress.num_processes} process(es); resume it with the same number "
+            f"(this run has {processes})."
+        )
+    accelerator.print(f"Resumed from {last} at step {progress.step}.")
+
+
+def _save_adapter(
+    accelerator: Accelerator, model: torch.nn.Module, output_dir: Path, metrics: dict[str, float], repo: str | None
+) -> None:
+    """Write the final adapter and metrics (main process only), and push the adapter to ``repo`` if given."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         adapter = accelerator.unwrap_model(model)
         adapter.save_pretrained(str(output_dir / "adapter"))
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
-        if args.push_to_hub:
-            adapter.push_to_hub(args.push_to_hub)
-            accelerator.print(f"Pushed the adapter to https://huggingface.co/{args.push_to_hub}.")
+        if repo:
+            adapter.push_to_hub(repo)
+            accelerator.print(f"Pushed the adapter to https://huggingface.co/{repo}.")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if any(math.isnan(v) for v in metrics.values()):
-        accelerator.print("Warning: some metrics are NaN (an empty eval split, or a diverged run).")
-    return metrics
+
+
+def _describe(step: int, metrics: dict[str, float]) -> str:
+    return f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())

@@ -72,6 +72,12 @@ def test_weights_of_another_adapter_are_refused(saved: Path, tmp_path: Path) -> 
     )
     other.save_pretrained(tmp_path / "b")
     (saved / "adapter_model.safetensors").write_bytes((tmp_path / "b" / "adapter_model.safetensors").read_bytes())
+    # The config records the SHA-256 of the weights saved with it: the swap is refused before anything is built.
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors' does not belong to .*adapter_config\.json'"):
+        PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), saved)
+    # Configs without a digest (older saves) still meet the structural check of the weights against the config.
+    config_file = saved / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "weights_sha256": None}))
     with pytest.raises(ValueError, match=r"do not match its config.*missing \['wpe"):
         PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), saved)
 

@@ -1,0 +1,78 @@
+"""Smoke tests of the benchmark scripts: each runs with ``--quick`` in a subprocess and writes a sane JSON and a plot.
+
+Timings are never asserted (they depend on the machine); sizes, FLOPs, trainable sets and sync counts are.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUPS = ("fpt_peft", "plain_fpt", "ln_tuning", "full")
+
+
+def _run(module: str, out_dir: Path, name: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", f"benchmarks.{module}", "--quick", f"--out-dir={out_dir}", f"--name={name}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-4000:]}"
+    assert (out_dir / f"{name}.png").stat().st_size > 1000
+    data: dict[str, Any] = json.loads((out_dir / f"{name}.json").read_text())
+    assert data["benchmark"] == module and data["quick"] is True
+    assert {"torch", "transformers", "peft", "fpt_peft", "device"} <= set(data["environment"])
+    return data
+
+
+@pytest.mark.slow
+def test_cost_quick(tmp_path: Path) -> None:
+    data = _run("cost", tmp_path, "cost-test")
+    variants = data["variants"]
+    assert set(variants) == set(SETUPS)
+    for name, v in variants.items():
+        assert v["step_ms"] > 0 and v["forward_ms"] > 0 and v["backward_ms"] > 0 and v["optimizer_ms"] >= 0, name
+        assert v["forward_gflop"] > 0 and v["backward_gflop"] > 0, name
+        memory = v["memory"]
+        assert memory["gradient_bytes"] > 0 and memory["optimizer_state_bytes"] > 0, name
+        assert memory["train_state_bytes"] >= memory["trainable_parameter_bytes"] + memory["gradient_bytes"], name
+        assert memory["rss_peak_bytes"] > 0, name
+    fpt, full = variants["fpt_peft"], variants["full"]
+    # The three FPT set-ups train exactly the same parameters.
+    counts = {name: variants[name]["memory"]["trainable_parameters"] for name in ("fpt_peft", "plain_fpt", "ln_tuning")}
+    assert len(set(counts.values())) == 1, counts
+    assert fpt["memory"]["trainable_parameter_bytes"] * 20 < full["memory"]["trainable_parameter_bytes"]
+    assert fpt["memory"]["train_state_bytes"] * 20 < full["memory"]["train_state_bytes"]
+    # Same forward; the frozen core computes no weight gradients, so the backward does less work and keeps less.
+    assert fpt["forward_gflop"] == pytest.approx(full["forward_gflop"], rel=0.01)
+    assert fpt["backward_gflop"] < 0.75 * full["backward_gflop"]
+    assert fpt["saved_activation_bytes"] < full["saved_activation_bytes"]
+    assert fpt["step_time_ratio"] == 1.0
+
+
+def test_adapters_quick(tmp_path: Path) -> None:
+    data = _run("adapters", tmp_path, "adapters-test")
+    minilm = data["models"]["minilm"]
+    assert set(minilm["adapter_bytes"]) == {"cifar10", "mnist"}
+    for size in minilm["adapter_bytes"].values():
+        assert 0 < size * 50 < minilm["base_bytes"]
+    assert minilm["base_to_adapter_size_ratio"] > 50
+    for key in ("set_adapter_us", "load_adapter_ms", "reload_base_ms", "reload_base_with_adapter_ms"):
+        assert minilm[key] > 0, key
+
+
+def test_overhead_quick(tmp_path: Path) -> None:
+    data = _run("overhead", tmp_path, "overhead-test")
+    cases = data["cases"]
+    assert set(cases) == {"continuous", "symbols"}
+    for case in cases.values():
+        for name in ("fpt_peft", "plain_fpt"):
+            assert case[name]["forward_us"] > 0 and case[name]["step_us"] > 0
+        assert case["profile"], "the profile lists fpt_peft's functions"
+    # Host reads (GPU syncs) per forward: none added for continuous inputs, one for the id range check of symbols.
+    continuous, symbols = cases["continuous"], cases["symbols"]
+    assert continuous["fpt_peft"]["syncs_per_forward"] == continuous["plain_fpt"]["syncs_per_forward"]
+    assert symbols["fpt_peft"]["syncs_per_forward"] <= symbols["plain_fpt"]["syncs_per_forward"] + 1
