@@ -45,9 +45,10 @@ def load_backbone(
             raise ValueError(f"dtype must be a torch dtype name such as 'bfloat16', got {dtype!r}.")
         dtype = getattr(torch, dtype)
     path, kwargs = resolve_model(model)  # FileNotFoundError / ModuleNotFoundError with a clear message
+    dtype_kwargs = {} if dtype is None else {"dtype": dtype}
     try:
         if init == "pretrained":
-            return AutoModel.from_pretrained(path, dtype=dtype, **kwargs)  # type: ignore[no-any-return]
+            return AutoModel.from_pretrained(path, **kwargs, **dtype_kwargs)  # type: ignore[no-any-return]
         config = AutoConfig.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise OSError(
@@ -56,7 +57,7 @@ def load_backbone(
         ) from exc
     if seed is not None:
         torch.manual_seed(seed)
-    return AutoModel.from_config(config, dtype=dtype)  # type: ignore[no-any-return]
+    return AutoModel.from_config(config, **dtype_kwargs)  # type: ignore[no-any-return]
 
 
 def max_positions(backbone: torch.nn.Module) -> int | None:

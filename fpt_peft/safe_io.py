@@ -225,6 +225,8 @@ def _local_weights(folder: str) -> str | None:
 def verify_adapter_folder(folder: str | os.PathLike[str], hidden_size: int | None = None) -> None:
     """:func:`verify_adapter_files` for a local adapter folder."""
     folder = os.fspath(folder)
+    if os.path.abspath(folder) in _guarded():  # verified by the load this call is part of, under its lock
+        return
     verify_adapter_files(
         os.path.join(folder, CONFIG_NAME), _local_weights(folder), where=repr(folder), hidden_size=hidden_size
     )
@@ -268,6 +270,12 @@ def _hub_files(repo_id: str, subfolder: str | None, download_kwargs: dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------- locks
+def _guarded() -> set[str]:
+    """Adapters (folder paths, Hub keys) whose load is in progress in this thread, verified and locked."""
+    guarded: set[str] = _local.__dict__.setdefault("guarded", set())
+    return guarded
+
+
 def _lock_table() -> dict[str, list[Any]]:
     if not hasattr(_local, "locks"):
         _local.locks = {}
@@ -514,13 +522,17 @@ def _adapter_folder(root: str, adapter_name: str) -> str:
     return root if adapter_name == "default" else os.path.join(root, adapter_name)
 
 
-def _adapter_bytes(model: Any, adapter_names: list[str]) -> int:
-    """Approximate size of the weights files of ``adapter_names`` (what save_pretrained will write)."""
+def estimate_save_bytes(model: Any, adapter_names: list[str] | None = None) -> int:
+    """About how many bytes ``model.save_pretrained`` needs for ``adapter_names`` (default: all its adapters).
+
+    The adapter weights plus :data:`SAVE_MARGIN_BYTES`; for :func:`check_writable` before training.
+    """
     from .registration import PREFIX
 
-    total = 0
+    names = list(adapter_names or getattr(model, "peft_config", {}))
+    total = SAVE_MARGIN_BYTES
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        owned = any(f".{a}." in name or name.endswith(f".{a}") for a in adapter_names)
+        owned = any(f".{a}." in name or name.endswith(f".{a}") for a in names)
         if owned and (PREFIX in name or "modules_to_save" in name):
             total += tensor.numel() * tensor.element_size()
     return total
@@ -555,7 +567,7 @@ def save_adapter(original: Callable[..., Any], model: Any, save_directory: str, 
             f"{PICKLE_ENV}=1."
         )
     names = list(kwargs.get("selected_adapters") or model.peft_config)
-    check_writable(target, _adapter_bytes(model, names) + SAVE_MARGIN_BYTES)
+    check_writable(target, estimate_save_bytes(model, names))
     os.makedirs(target, exist_ok=True)
     staging = os.path.join(target, _staging_name())
     os.mkdir(staging)
@@ -604,7 +616,7 @@ def guarded_load(
     model_id = os.fspath(model_id)
     local = os.path.join(model_id, subfolder) if subfolder else model_id
     key = os.path.abspath(local) if os.path.isdir(local) else f"hub:{model_id}:{subfolder}"
-    guarded: set[str] = _local.__dict__.setdefault("guarded", set())
+    guarded = _guarded()
     if key in guarded:  # an outer call already verified and locked it
         yield
         return

@@ -148,7 +148,7 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
             continue
         if isinstance(kind, types.UnionType):  # `int | None` and the like
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        helptext = f"{f.metadata['help']} Default: {default}."
+        helptext = f.metadata["help"] + ("" if default is None else f" Default: {default}.")
         group.add_argument(
             *flags, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"), help=helptext
         )

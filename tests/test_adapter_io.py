@@ -259,6 +259,9 @@ def test_a_full_disk_is_reported_before_anything_is_written(tmp_path: Path, monk
     """shutil.disk_usage is faked here; test_full_disk_and_read_only_filesystem_for_real fills a real filesystem."""
     model = _model()
     model.save_pretrained(tmp_path)
+    weights = (tmp_path / "adapter_model.safetensors").stat().st_size
+    tensors = safe_io.estimate_save_bytes(model) - safe_io.SAVE_MARGIN_BYTES  # the file adds a small header
+    assert 0.8 * weights <= tensors <= weights
     before = sorted(os.listdir(tmp_path))
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))

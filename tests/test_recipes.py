@@ -81,10 +81,8 @@ def test_recipe_trains_and_leaves_a_reloadable_adapter(
     assert_adapter_reloads(out, model, load_task(name, **data_kwargs), metrics)
 
 
-def test_recipe_runs_as_a_script_and_reports_bad_input(tiny: str, tmp_path: Path) -> None:
-    done = run_python(["recipes/bit_xor.py", *quick_args(tiny, tmp_path / "ok"), "--num-train", "32"])
-    assert done.returncode == 0, done.stderr
-    assert "per_bit_accuracy=" in done.stdout and (tmp_path / "ok/adapter/adapter_model.safetensors").exists()
+def test_recipe_script_reports_bad_input_on_stderr(tmp_path: Path) -> None:
+    # `python recipes/X.py` succeeding: see the kill-and-resume test; `accelerate launch`: the 2-process test.
     failed = run_python(["recipes/bit_xor.py", *quick_args("./missing-model", tmp_path / "bad")])
     assert failed.returncode != 0 and "--model './missing-model': no such folder" in failed.stderr
     assert not (tmp_path / "bad").exists()

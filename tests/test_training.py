@@ -22,7 +22,7 @@ from fpt_peft.metrics import load_metric
 from fpt_peft.modeling import build_model
 from fpt_peft.training import TrainingArguments, add_training_args, train
 
-from .training_utils import save_tiny_backbone
+from .training_utils import assert_adapter_reloads, save_tiny_backbone
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,7 @@ def test_frozen_weights_stay_bit_identical(
 def test_bit_xor_learns(tiny: str, xor: TaskData, tmp_path: Path) -> None:
     metrics = run(xor, tiny, tmp_path, finetune="full", max_steps=400, batch_size=32, learning_rate=3e-3)
     assert metrics["per_bit_accuracy"] >= 0.85, metrics  # chance: 0.5 (this seed reaches 1.0)
+    assert_adapter_reloads(tmp_path, tiny, xor, metrics)  # a full-finetuning adapter reloads like an FPT one
 
 
 def test_digits_learns(tiny: str, tmp_path: Path) -> None:
