@@ -160,7 +160,7 @@ def report(args: argparse.Namespace, models: dict[str, dict[str, Any]]) -> dict[
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (see ``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["minilm", "gpt2-shape"])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; 0: all)")
     parser.add_argument("--switches", type=int, default=200, help="set_adapter calls timed")
     parser.add_argument("--loads", type=int, default=10, help="load_adapter calls timed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -12,7 +13,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -422,3 +423,417 @@ def bar_plot(
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------- learning curves (accuracy benchmarks)
+@dataclass(frozen=True)
+class CurveRun:
+    """One training run of a learning-rate sweep: which task and model, the optimiser settings and the schedule.
+
+    ``flags`` are :func:`fpt_peft.modeling.build_model`'s ``train_*`` switches (default: FPT's groups). ``label``
+    names the set-up being compared (``"pretrained"``, ``"random"``, an ablation rung); runs are grouped by
+    ``(task, label)`` and the learning rate swept within a group. ``seed`` seeds the task's data, the new layers
+    (and a random backbone), the batch order and dropout.
+    """
+
+    task: str
+    label: str
+    lr: float
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str = "pretrained"
+    flags: dict[str, bool] = field(default_factory=dict)
+    seed: int = 0
+    steps: int = 200
+    batch_size: int = 16
+    eval_every: int = 25
+    eval_batch_size: int = 128
+    max_grad_norm: float = 1.0
+    model: str = "minilm"
+    threads: int = 1
+
+
+def train_curve(run: CurveRun) -> dict[str, Any]:
+    """Train one FPT model as the paper does (Adam, constant ``lr``, gradient clipping) and record its eval curve.
+
+    Built from the package's pieces: :func:`~fpt_peft.data.load_task`, :func:`~fpt_peft.modeling.build_model`,
+    :func:`~fpt_peft.validation.model_inputs` and :func:`~fpt_peft.training.evaluate_model` (the package's offline
+    metrics). The eval split is scored before the first step, every ``eval_every`` steps and after the last one.
+    Returns the run's settings with ``steps``, ``accuracy`` (the task's metric: accuracy, or per-bit accuracy for the
+    bit tasks), ``eval_loss`` and ``train_loss`` (mean over the steps since the previous evaluation) per evaluation.
+    """
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from fpt_peft.data import load_task
+    from fpt_peft.modeling import build_model
+    from fpt_peft.training import evaluate_model
+    from fpt_peft.validation import model_inputs
+
+    set_threads(run.threads)
+    start = time.perf_counter()
+    torch.manual_seed(run.seed)
+    task = load_task(run.task, **{**run.task_kwargs, "seed": run.seed})
+    spec = task.spec
+    model = build_model(spec, run.model, init=run.init, seed=run.seed, **run.flags)  # type: ignore[arg-type]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=run.lr)
+    keys = model_inputs(spec)
+    train_loader = DataLoader(
+        task.train,
+        batch_size=run.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(run.seed),
+    )
+    if len(train_loader) == 0:
+        raise ValueError(f"{run.task}: {len(task.train)} training examples, fewer than one batch of {run.batch_size}.")
+    eval_loader = DataLoader(task.eval, batch_size=run.eval_batch_size)
+    accelerator = Accelerator(cpu=True)  # only for evaluate_model's gather (a no-op in one process)
+    curve: dict[str, list[Any]] = {"steps": [], "accuracy": [], "eval_loss": [], "train_loss": []}
+    losses: list[float] = []
+
+    def record(step: int) -> None:
+        scores = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
+        curve["steps"].append(step)
+        curve["accuracy"].append(scores[spec.metric])
+        curve["eval_loss"].append(finite_or_none(scores["eval_loss"]))  # None: diverged (NaN)
+        curve["train_loss"].append(finite_or_none(sum(losses) / len(losses)) if losses else None)
+        losses.clear()
+
+    record(0)
+    model.train()
+    step = 0
+    while step < run.steps:
+        for batch in train_loader:
+            loss = model(**{k: batch[k] for k in keys if k in batch}, labels=batch["labels"]).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, run.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            step += 1
+            if step % run.eval_every == 0 or step == run.steps:
+                record(step)
+            if step >= run.steps:
+                break
+    settings = {k: v for k, v in asdict(run).items() if k != "threads"}
+    return {
+        **settings,
+        "metric": spec.metric,
+        "train_examples": len(task.train),
+        "eval_examples": len(task.eval),
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        **curve,
+        "final_accuracy": curve["accuracy"][-1],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def run_curves(runs: Sequence[CurveRun], workers: int = 1) -> list[dict[str, Any]]:
+    """Run :func:`train_curve` for every run, in ``workers`` processes of one thread each; results in input order.
+
+    Progress is printed as runs finish. Workers are spawned (not forked) so that each starts with fresh thread pools.
+    """
+    results: list[dict[str, Any] | None] = [None] * len(runs)
+
+    def done(index: int, result: dict[str, Any]) -> None:
+        results[index] = result
+        finished = sum(r is not None for r in results)
+        print(
+            f"[{finished}/{len(runs)}] {result['task']:<10} {result['label']:<12} lr {result['lr']:<7g} "
+            f"seed {result['seed']}: final {result['final_accuracy']:.3f} ({result['seconds']:.0f} s)",
+            flush=True,
+        )
+
+    if workers <= 1:
+        for index, run in enumerate(runs):
+            done(index, train_curve(run))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(train_curve, run): index for index, run in enumerate(runs)}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+    return [r for r in results if r is not None]
+
+
+def steps_to_reach(steps: Sequence[int], accuracy: Sequence[float], threshold: float) -> int | None:
+    """The first evaluated step whose accuracy is at least ``threshold`` (None: never reached)."""
+    return next((s for s, a in zip(steps, accuracy, strict=True) if a >= threshold), None)
+
+
+def summarize_sweep(
+    results: Sequence[dict[str, Any]], thresholds: dict[str, float], select_seeds: Sequence[int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per ``task/label`` group: every learning rate's final accuracies, and the best learning rate.
+
+    The best learning rate has the highest mean final eval accuracy over the runs with a seed in ``select_seeds``
+    (default: all; ties: the fewer mean steps to the task's threshold, then the smaller rate). For it the summary
+    holds the final accuracy and steps to the threshold (None: not reached) of every seed run at that rate, and the
+    learning curve averaged over those seeds (with its minimum and maximum).
+    """
+    groups: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    for result in results:
+        key = f"{result['task']}/{result['label']}"
+        groups.setdefault(key, {}).setdefault(result["lr"], []).append(result)
+    summary: dict[str, dict[str, Any]] = {}
+    for key, by_lr in groups.items():
+        task = key.split("/", 1)[0]
+        threshold = thresholds[task]
+        per_lr = {
+            lr: {
+                "seeds": [r["seed"] for r in runs],
+                "final_accuracy": [r["final_accuracy"] for r in runs],
+                "final_accuracy_mean": statistics.mean(r["final_accuracy"] for r in runs),
+                "steps_to_threshold": [steps_to_reach(r["steps"], r["accuracy"], threshold) for r in runs],
+            }
+            for lr, runs in sorted(by_lr.items())
+        }
+
+        def selection(lr: float, runs_at: dict[float, list[dict[str, Any]]] = by_lr) -> list[dict[str, Any]]:
+            chosen = [r for r in runs_at[lr] if select_seeds is None or r["seed"] in select_seeds]
+            return chosen or runs_at[lr]
+
+        best = max(by_lr, key=lambda lr: _sweep_score(selection(lr), lr, threshold))
+        best_runs = sorted(by_lr[best], key=lambda r: r["seed"])
+        curves = [r["accuracy"] for r in best_runs]
+        rates = sorted(by_lr)
+        summary[key] = {
+            "task": task,
+            "label": best_runs[0]["label"],
+            "threshold": threshold,
+            "learning_rates": rates,
+            "per_lr": {f"{lr:g}": values for lr, values in per_lr.items()},
+            "selected_on_seeds": sorted({r["seed"] for lr in rates for r in selection(lr)}),
+            "best_lr": best,
+            "best_lr_at_edge_of_grid": len(rates) > 1 and best in (rates[0], rates[-1]),
+            "seeds": [r["seed"] for r in best_runs],
+            "final_accuracy": [r["final_accuracy"] for r in best_runs],
+            "final_accuracy_mean": statistics.mean(r["final_accuracy"] for r in best_runs),
+            "steps_to_threshold": [steps_to_reach(r["steps"], r["accuracy"], threshold) for r in best_runs],
+            "seconds": [r["seconds"] for r in best_runs],
+            "curve_steps": best_runs[0]["steps"],
+            "curve_accuracy_mean": [statistics.mean(values) for values in zip(*curves, strict=True)],
+            "curve_accuracy_min": [min(values) for values in zip(*curves, strict=True)],
+            "curve_accuracy_max": [max(values) for values in zip(*curves, strict=True)],
+        }
+    return summary
+
+
+def _sweep_score(runs: Sequence[dict[str, Any]], lr: float, threshold: float) -> tuple[float, float, float]:
+    """Sort key of a learning rate: mean final accuracy, then fewer mean steps to ``threshold``, then smaller lr."""
+    reached = [steps_to_reach(r["steps"], r["accuracy"], threshold) for r in runs]
+    # A run that never reached the threshold counts as taking twice its length.
+    mean_steps = statistics.mean(
+        s if s is not None else 2 * r["steps"][-1] for s, r in zip(reached, runs, strict=True)
+    )
+    return (statistics.mean(r["final_accuracy"] for r in runs), -mean_steps, -lr)
+
+
+def lr_sweep(
+    runs: Sequence[CurveRun],
+    thresholds: dict[str, float],
+    confirm_seeds: Sequence[int] = (),
+    workers: int = 1,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The learning-rate protocol of both accuracy benchmarks: sweep, pick per set-up, confirm on fresh seeds.
+
+    1. Train every run in ``runs`` (each set-up at every learning rate, on the sweep seeds).
+    2. Per ``task/label``, pick the learning rate with the best mean final eval accuracy (:func:`summarize_sweep`).
+    3. Train that learning rate again with each of ``confirm_seeds``; the reported figures are over all seeds at the
+       chosen rate, the choice itself having used the sweep seeds only.
+
+    Returns every run's result and the summary per ``task/label``.
+    """
+    results = run_curves(runs, workers)
+    sweep_seeds = sorted({r.seed for r in runs})
+    extra = [s for s in confirm_seeds if s not in sweep_seeds]
+    if extra:
+        chosen = summarize_sweep(results, thresholds)
+        template = {(r.task, r.label, r.lr): r for r in runs}
+        confirm = [
+            replace(template[(s["task"], s["label"], s["best_lr"])], seed=seed)
+            for s in chosen.values()
+            for seed in extra
+        ]
+        print(f"confirming the chosen learning rates on seeds {extra}: {len(confirm)} runs", flush=True)
+        results += run_curves(sorted(confirm, key=lambda r: -r.steps * r.batch_size), workers)
+    return results, summarize_sweep(results, thresholds, select_seeds=sweep_seeds)
+
+
+def curve_plot(
+    name: str,
+    panels: Sequence[tuple[str, Sequence[dict[str, Any]]]],
+    out_dir: Path = RESULTS_DIR,
+    title: str = "",
+    bars: tuple[str, dict[str, dict[str, float]]] | None = None,
+) -> Path:
+    """Learning curves side by side (one panel per task), written to ``<out_dir>/<name>.png``.
+
+    Each panel is ``(title, summaries)`` with :func:`summarize_sweep` summaries: each draws its mean eval curve at
+    its best learning rate, shaded between the seeds' minimum and maximum, with the task's threshold dashed. ``bars``
+    adds a last panel of grouped bars, ``(y label, {group: {bar: value}})``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(panels) + (bars is not None)
+    fig, axes = plt.subplots(1, count, figsize=(4.0 * count, 3.4), squeeze=False)
+    for ax, (panel_title, summaries) in zip(axes[0], panels, strict=False):
+        for summary in summaries:
+            steps = summary["curve_steps"]
+            seeds = len(summary["seeds"])
+            label = f"{summary['label']} (lr {summary['best_lr']:g}, {seeds} seed{'s' * (seeds > 1)})"
+            (line,) = ax.plot(steps, summary["curve_accuracy_mean"], label=label, lw=1.5)
+            if seeds > 1:
+                ax.fill_between(
+                    steps,
+                    summary["curve_accuracy_min"],
+                    summary["curve_accuracy_max"],
+                    color=line.get_color(),
+                    alpha=0.2,
+                )
+        if summaries:
+            ax.axhline(summaries[0]["threshold"], color="grey", ls="--", lw=0.8)
+        ax.set_title(panel_title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("eval accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    if bars is not None:
+        ax = axes[0][-1]
+        ylabel, groups = bars
+        names = list(dict.fromkeys(b for values in groups.values() for b in values))
+        width = 0.8 / max(1, len(names))
+        for i, bar in enumerate(names):
+            xs = [g + (i - (len(names) - 1) / 2) * width for g in range(len(groups))]
+            ax.bar(xs, [values.get(bar, 0.0) for values in groups.values()], width, label=bar)
+        ax.set_xticks(range(len(groups)), list(groups), fontsize=7, rotation=15)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value``, or None for NaN / infinity (strict JSON has no NaN)."""
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """A task scaled to a 2-core CPU for the accuracy benchmarks: data options, batch, steps and threshold.
+
+    For the generated tasks ``num_train`` is ``steps * batch_size`` (at ``steps_scale`` 1), so every step sees fresh
+    examples, as in the paper's bit tasks. ``threshold`` is the eval accuracy whose first crossing is reported as
+    "steps to threshold".
+    """
+
+    task: str
+    description: str
+    task_kwargs: dict[str, Any]
+    steps: int
+    batch_size: int
+    eval_every: int
+    threshold: float
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+
+    def runs(
+        self,
+        label: str,
+        seeds: Sequence[int],
+        init: str = "pretrained",
+        flags: dict[str, bool] | None = None,
+        lrs: Sequence[float] | None = None,
+        steps_scale: float = 1.0,
+    ) -> list[CurveRun]:
+        """One :class:`CurveRun` per learning rate and seed, for set-up ``label``."""
+        steps = max(1, round(self.steps * steps_scale))
+        kwargs = dict(self.task_kwargs)
+        if self.task in GENERATED_TASKS:
+            kwargs["num_train"] = max(kwargs.get("num_train", 0), steps * self.batch_size)
+        return [
+            CurveRun(
+                task=self.task,
+                label=label,
+                lr=lr,
+                task_kwargs=kwargs,
+                init=init,
+                flags=dict(flags or {}),
+                seed=seed,
+                steps=steps,
+                batch_size=self.batch_size,
+                eval_every=max(1, round(self.eval_every * steps_scale)),
+            )
+            for lr in (lrs or self.lrs)
+            for seed in seeds
+        ]
+
+
+GENERATED_TASKS = ("bit_xor", "bit_memory", "listops")
+
+TASK_PLANS: dict[str, TaskPlan] = {
+    "bit_xor": TaskPlan(
+        "bit_xor",
+        "two 5-bit strings, patches of 5 (the paper's setting: 2 tokens); fresh examples every step",
+        {"n_bits": 5, "patch_size": 5, "num_eval": 500},
+        steps=400,
+        batch_size=16,
+        eval_every=25,
+        threshold=0.9,
+        lrs=(3e-4, 1e-3, 3e-3, 1e-2),
+    ),
+    "bit_memory": TaskPlan(
+        "bit_memory",
+        "5 strings of 50 bits + a copy of one with half its bits masked, patches of 25 (12 tokens; paper: 5 x 1000 "
+        "bits, patches of 50, 120 tokens); fresh examples every step",
+        {"n_strings": 5, "n_bits": 50, "patch_size": 25, "mask_prob": 0.5, "num_eval": 300},
+        steps=250,
+        batch_size=16,
+        eval_every=25,
+        threshold=0.8,  # copying the visible bits and guessing the masked ones gives 75%; above it, recall
+    ),
+    "listops": TaskPlan(
+        "listops",
+        "generated LRA-grammar expressions of 17-32 tokens (paper: LRA, up to 2000, cut to 512); 10 classes",
+        {"max_tokens": 32, "num_eval": 300},
+        steps=200,
+        batch_size=8,
+        eval_every=50,
+        threshold=0.3,  # twice the most frequent class (about 15%)
+    ),
+    "digits": TaskPlan(
+        "digits",
+        "scikit-learn's 8x8 digits (1438 train / 359 eval), patches of 4x4: 4 tokens of 16 values (paper: MNIST "
+        "28x28, 49 tokens of 16 values)",
+        {"patch_size": 4},
+        steps=400,
+        batch_size=16,
+        eval_every=25,
+        threshold=0.9,
+    ),
+}
+
+
+def quick_plan(plan: TaskPlan) -> TaskPlan:
+    """``plan`` shrunk to a seconds-long smoke run (4 steps, tiny data, one learning rate)."""
+    kwargs = dict(plan.task_kwargs)
+    if plan.task in GENERATED_TASKS:
+        kwargs.update(num_train=16, num_eval=16)
+    if plan.task == "listops":
+        kwargs["max_tokens"] = 16
+    return replace(plan, task_kwargs=kwargs, steps=4, batch_size=4, eval_every=2, lrs=(1e-3,))

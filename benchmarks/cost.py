@@ -231,6 +231,7 @@ def measure_time(args: argparse.Namespace, variants: tuple[str, ...]) -> dict[st
 def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Add ratios to the reference set-up; print the table; write the JSON and the plot."""
     ref = variants[REFERENCE]
+    threads = torch.get_num_threads()
     cuda = args.device.startswith("cuda")
     peak_key = "cuda_training_peak_delta_bytes" if cuda else "rss_training_peak_delta_bytes"
     for values in variants.values():
@@ -330,11 +331,11 @@ def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dic
             ),
         ],
         out_dir=args.out_dir,
-        title=f"{args.model}: batch {args.batch} x {args.seq} tokens, {args.device}, {args.threads} thread(s)",
+        title=f"{args.model}: batch {args.batch} x {args.seq} tokens, {args.device}, {threads} thread(s)",
     )
     print(
         f"\n{args.model}: batch {args.batch} x {args.seq} tokens of width {args.input_dim}, {args.device}, "
-        f"{torch.get_num_threads()} thread(s), Adam {args.adam}; medians of {args.repeats} rounds x {args.steps} steps"
+        f"{threads} thread(s), Adam {args.adam}; medians of {args.repeats} rounds x {args.steps} steps"
     )
     print(format_table(headers, rows))
     if plain is not None:

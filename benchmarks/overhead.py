@@ -182,7 +182,8 @@ def report(args: argparse.Namespace, cases: dict[str, dict[str, Any]]) -> dict[s
     png_path = bar_plot(
         name, panels, out_dir=args.out_dir, title=f"{args.model}: batch {args.batch} x {args.seq} tokens"
     )
-    print(f"\n{args.model}: batch {args.batch} x {args.seq} tokens, {args.device}, {args.threads} thread(s)")
+    threads = torch.get_num_threads()
+    print(f"\n{args.model}: batch {args.batch} x {args.seq} tokens, {args.device}, {threads} thread(s)")
     print(format_table(headers, rows))
     for case, summary in cases.items():
         print(f"\nfpt_peft / peft Python functions per forward ({case}), top 12 by own time:")

@@ -42,7 +42,9 @@ def test_cost_quick(tmp_path: Path) -> None:
         assert memory["rss_peak_bytes"] > 0, name
     fpt, full = variants["fpt_peft"], variants["full"]
     # The three FPT set-ups train exactly the same parameters.
-    counts = {name: variants[name]["memory"]["trainable_parameters"] for name in ("fpt_peft", "plain_fpt", "ln_tuning")}
+    counts = {
+        name: variants[name]["memory"]["trainable_parameters"] for name in ("fpt_peft", "plain_fpt", "ln_tuning")
+    }
     assert len(set(counts.values())) == 1, counts
     assert fpt["memory"]["trainable_parameter_bytes"] * 20 < full["memory"]["trainable_parameter_bytes"]
     assert fpt["memory"]["train_state_bytes"] * 20 < full["memory"]["train_state_bytes"]
