@@ -237,6 +237,11 @@ class FPTInputLayer(nn.Module, _FPTLayerMixin):
                 f"{layer.in_features}), not input_ids."
             )
         assert isinstance(layer, nn.Embedding)
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must be integer ids of shape (batch, tokens); got {input_ids.dtype} of shape "
+                f"{tuple(input_ids.shape)}."
+            )
         if input_ids.numel():
             # One reduction and one host read (a GPU sync) for both bounds.
             low, high = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())

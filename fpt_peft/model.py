@@ -102,6 +102,17 @@ class FPTModel(BaseTuner):
             )
         if peft_config.target_modules is None:
             self._resolve_targets(peft_config)
+        for qualified in peft_config.position_parameters or []:
+            owner_name, _, param_name = qualified.rpartition(".")
+            try:
+                owner = model.get_submodule(owner_name)
+            except AttributeError:
+                owner = None
+            if owner is None or not isinstance(getattr(owner, param_name, None), torch.Tensor):
+                raise ValueError(
+                    f"FPTConfig.position_parameters names {qualified!r}, which is not a parameter of "
+                    f"{type(model).__name__}."
+                )
         return peft_config
 
     def _resolve_targets(self, config: FPTConfig) -> None:
@@ -331,10 +342,15 @@ def _expose_labels_argument(model: nn.Module) -> None:
     model.forward = forward  # type: ignore[method-assign]
 
 
-def _token_count(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
-    for value in (kwargs.get("inputs_embeds"), kwargs.get("input_ids"), args[0] if args else None):
+def _input_shape(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int] | None:
+    """(batch, tokens) of the call's inputs; empty inputs are refused here, before any layer sees them."""
+    candidates = (("inputs_embeds", kwargs.get("inputs_embeds")), ("input_ids", kwargs.get("input_ids", *args[:1])))
+    for name, value in candidates:
         if isinstance(value, torch.Tensor) and value.dim() >= 2:
-            return int(value.shape[1])
+            batch, tokens = int(value.shape[0]), int(value.shape[1])
+            if batch == 0 or tokens == 0:
+                raise ValueError(f"{name} is empty: shape {tuple(value.shape)} (batch and tokens must be >= 1).")
+            return batch, tokens
     return None
 
 
@@ -349,7 +365,11 @@ def _before_forward(
     embedding = model.get_input_embeddings()  # type: ignore[operator]
     if isinstance(embedding, FPTInputLayer) and kwargs.get("inputs_embeds") is not None:
         kwargs["inputs_embeds"] = embedding.embed_features(kwargs["inputs_embeds"])
-    tokens = _token_count(args, kwargs)
+    shape = _input_shape(args, kwargs)
+    tokens = shape[1] if shape is not None else None
+    mask = kwargs.get("attention_mask")
+    if shape is not None and isinstance(mask, torch.Tensor) and mask.dim() == 2 and tuple(mask.shape) != shape:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; the inputs are (batch, tokens) = {shape}.")
     capacity: int | None = model.__dict__.get(_CAPACITY_ATTR)
     if tokens is not None and capacity is not None and tokens > capacity:
         raise ValueError(
@@ -380,7 +400,13 @@ def _after_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
                 f"labels of shape {tuple(labels.shape)} do not match logits of shape {tuple(logits.shape)} "
                 "(one class index per predicted value)."
             )
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+        classes = logits.shape[-1]
+        if labels.is_floating_point() or bool((((labels < 0) & (labels != -100)) | (labels >= classes)).any()):
+            raise ValueError(
+                f"labels must be integer class indices in [0, {classes}) (or -100 to ignore); got dtype "
+                f"{labels.dtype}, values in [{labels.min().item()}, {labels.max().item()}]."
+            )
+        loss = nn.functional.cross_entropy(logits.reshape(-1, classes).float(), labels.reshape(-1))
     return FPTOutput(
         loss=loss,
         logits=logits,

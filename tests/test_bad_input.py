@@ -121,3 +121,17 @@ def test_output_layer_needs_a_backbone() -> None:
     base = AutoModelForSequenceClassification.from_config(tiny_config("gpt2", num_labels=2))
     with pytest.raises(ValueError, match="already has a task head"):
         get_peft_model(base, FPTConfig(input_dim=3, output_dim=2))
+
+
+def test_attention_mask_must_match_the_inputs() -> None:
+    model = get_peft_model(AutoModel.from_config(tiny_config("bert")), FPTConfig(input_vocab_size=10, output_dim=2))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 4\); the inputs are .* \(2, 5\)"):
+        model(input_ids=torch.ones(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4, dtype=torch.long))
+
+
+def test_position_parameters_must_exist_in_the_model() -> None:
+    with pytest.raises(ValueError, match=r"position_parameters names 'embeddings\.nope'"):
+        get_peft_model(
+            AutoModel.from_config(tiny_config("bert")),
+            FPTConfig(input_dim=3, target_modules=["LayerNorm"], position_parameters=["embeddings.nope"]),
+        )

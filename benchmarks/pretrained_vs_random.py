@@ -1,0 +1,198 @@
+"""Frozen pretrained vs frozen random MiniLM (FPT), with the learning rate swept for both, on four tasks.
+
+The paper's central comparison (Lu et al. 2021, Table 2 and Section 3.2), scaled to a 2-core CPU: the same
+architecture frozen the same way (FPT: layer norms, positions and the new input / output layers trained; attention
+and feed-forward frozen), with the packaged, really pretrained MiniLM-L6-H384 weights (``init="pretrained"``) or the
+same architecture freshly initialised (``init="random"``). Tasks: bit XOR, bit memory, ListOps and the offline 8x8
+digits (sizes in :data:`benchmarks.common.TASK_PLANS`).
+
+Following Rothermel et al. (2021), no comparison rests on one learning rate: every task and init is trained at every
+rate of its grid on the sweep seed(s); per task and init the rate with the best final eval accuracy is chosen and
+trained again on fresh confirmation seed(s) (:func:`benchmarks.common.lr_sweep`). Reported: final eval accuracy
+(per-bit for the bit tasks), steps to the task's threshold, the whole sweep, and the learning curves at the chosen
+rates.
+
+    python -m benchmarks.pretrained_vs_random            # the full run (about 10 minutes on 2 cores)
+    python -m benchmarks.pretrained_vs_random --quick    # a seconds-long smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import (
+    RESULTS_DIR,
+    TASK_PLANS,
+    TaskPlan,
+    curve_plot,
+    environment,
+    format_table,
+    lr_sweep,
+    quick_plan,
+    write_json,
+)
+
+INITS = ("pretrained", "random")
+PAPER_TASK = {"bit_xor": "XOR", "bit_memory": "Memory", "listops": "ListOps", "digits": "MNIST"}
+# The paper's Table 2 (test accuracy, %) and Section 3.2 (gradient steps to converge), FPT on GPT-2 vs random init.
+PAPER: dict[str, dict[str, dict[str, float]]] = {
+    "bit_xor": {"accuracy": {"pretrained": 100.0, "random": 100.0}, "steps": {"pretrained": 5e2, "random": 2e4}},
+    "bit_memory": {"accuracy": {"pretrained": 100.0, "random": 75.8}, "steps": {"pretrained": 1e4, "random": 4e4}},
+    "listops": {"accuracy": {"pretrained": 38.4, "random": 34.3}, "steps": {"pretrained": 2e3, "random": 6e3}},
+    "digits": {"accuracy": {"pretrained": 98.0, "random": 91.7}, "steps": {"pretrained": 5e3, "random": 2e4}},
+}
+
+TASK_COST = {"bit_xor": 2, "bit_memory": 12, "listops": 32, "digits": 4}
+"""Tokens per example: the rough relative cost of a training step, to start the longest runs first."""
+
+
+def plans_for(args: argparse.Namespace) -> dict[str, TaskPlan]:
+    """The task plans of this run (``--quick`` shrinks them)."""
+    plans = {name: TASK_PLANS[name] for name in args.tasks}
+    return {name: quick_plan(plan) for name, plan in plans.items()} if args.quick else plans
+
+
+def _steps(values: list[int | None]) -> str:
+    return ", ".join("not reached" if v is None else str(v) for v in values)
+
+
+def _accuracies(values: list[float]) -> str:
+    return ", ".join(f"{100 * v:.1f}" for v in values)
+
+
+def report(
+    args: argparse.Namespace, plans: dict[str, TaskPlan], results: list[dict[str, Any]], summary: dict[str, Any]
+) -> dict[str, Any]:
+    """Print the table; write the JSON and the learning-curve plot."""
+    tasks: dict[str, Any] = {}
+    rows = []
+    for name, plan in plans.items():
+        entry: dict[str, Any] = {
+            "plan": {
+                "description": plan.description,
+                "task_kwargs": plan.task_kwargs,
+                "steps": round(plan.steps * args.steps_scale),
+                "batch_size": plan.batch_size,
+                "lrs": list(args.lrs or plan.lrs),
+                "threshold": plan.threshold,
+            },
+            "paper": {"task": PAPER_TASK[name], **PAPER[name]},
+        }
+        for init in INITS:
+            s = summary[f"{name}/{init}"]
+            entry[init] = s
+            sweep = " / ".join(
+                f"{lr}: {100 * v['final_accuracy'][v['seeds'].index(s['selected_on_seeds'][0])]:.1f}"
+                for lr, v in s["per_lr"].items()
+            )
+            rows.append(
+                [
+                    name,
+                    init,
+                    sweep,
+                    f"{s['best_lr']:g}" + (" (edge)" if s["best_lr_at_edge_of_grid"] else ""),
+                    f"{100 * s['final_accuracy_mean']:.1f} ({_accuracies(s['final_accuracy'])})",
+                    f"{plan.threshold:.0%}: {_steps(s['steps_to_threshold'])}",
+                    f"{PAPER_TASK[name]} {PAPER[name]['accuracy'][init]:g}",
+                    f"{PAPER[name]['steps'][init]:.0e}",
+                ]
+            )
+        pre, ran = summary[f"{name}/pretrained"], summary[f"{name}/random"]
+        entry["pretrained_minus_random"] = pre["final_accuracy_mean"] - ran["final_accuracy_mean"]
+        tasks[name] = entry
+    headers = [
+        "task",
+        "init",
+        f"sweep: final % per lr (seed {args.seeds[0]})",
+        "best lr",
+        "final % mean (per seed)",
+        "steps to threshold (per seed)",
+        "paper final %",
+        "paper steps",
+    ]
+    data: dict[str, Any] = {
+        "benchmark": "pretrained_vs_random",
+        "command": "python -m benchmarks.pretrained_vs_random " + " ".join(sys.argv[1:]),
+        "quick": args.quick,
+        "settings": {
+            "model": "minilm",
+            "tasks": list(plans),
+            "inits": list(INITS),
+            "sweep_seeds": args.seeds,
+            "confirm_seeds": args.confirm_seeds,
+            "lrs": {name: list(args.lrs or plan.lrs) for name, plan in plans.items()},
+            "steps_scale": args.steps_scale,
+            "workers": args.workers,
+            "optimizer": "Adam, constant lr, gradient clipping 1.0, dropout 0.1 (MiniLM's)",
+            "trained": "layer norms, positions, input layer, output layer (FPT); attention and feed-forward frozen",
+        },
+        "environment": environment("cpu") | {"workers": args.workers},
+        "seconds": args.seconds,
+        "tasks": tasks,
+        "runs": results,
+    }
+    name = args.name
+    json_path = write_json(name, data, args.out_dir)
+    panels = [
+        (f"{task}: {PAPER_TASK[task]}-like, threshold {plan.threshold:.0%}", [tasks[task][i] for i in INITS])
+        for task, plan in plans.items()
+    ]
+    png_path = curve_plot(
+        name,
+        panels,
+        args.out_dir,
+        title="Frozen MiniLM-L6 (FPT): pretrained vs random weights, each at its best learning rate",
+    )
+    print(f"\nFrozen pretrained vs frozen random MiniLM-L6 (FPT); {len(results)} runs in {args.seconds / 60:.1f} min")
+    print(format_table(headers, rows))
+    print(f"wrote {json_path} and {png_path}")
+    return data
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments (see ``--help``)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=list(TASK_PLANS), default=list(TASK_PLANS))
+    parser.add_argument("--lrs", nargs="+", type=float, default=None, help="learning-rate grid (default: per task)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the sweep (default 0)")
+    parser.add_argument(
+        "--confirm-seeds", nargs="*", type=int, default=[1], help="fresh seeds run at each chosen rate (default 1)"
+    )
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every task's steps (default 1)")
+    parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each (default 2)")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (4 steps, one lr, one seed)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--name", default="pretrained_vs_random", help="result file name")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.confirm_seeds, args.workers, args.lrs = [0], [], 1, None
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the sweep for every task and init, then report."""
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    plans = plans_for(args)
+    runs = [
+        run
+        for plan in plans.values()
+        for init in INITS
+        for run in plan.runs(init, args.seeds, init=init, lrs=args.lrs, steps_scale=args.steps_scale)
+    ]
+    runs.sort(key=lambda r: -r.steps * r.batch_size * TASK_COST.get(r.task, 1))  # longest first: better packing
+    thresholds = {name: plan.threshold for name, plan in plans.items()}
+    start = time.perf_counter()
+    results, summary = lr_sweep(runs, thresholds, args.confirm_seeds, args.workers)
+    args.seconds = time.perf_counter() - start
+    return report(args, plans, results, summary)
+
+
+if __name__ == "__main__":
+    main()
