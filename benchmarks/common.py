@@ -458,8 +458,9 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
     Built from the package's pieces: :func:`~fpt_peft.data.load_task`, :func:`~fpt_peft.modeling.build_model`,
     :func:`~fpt_peft.validation.model_inputs` and :func:`~fpt_peft.training.evaluate_model` (the package's offline
     metrics). The eval split is scored before the first step, every ``eval_every`` steps and after the last one.
-    Returns the run's settings with ``steps``, ``accuracy`` (the task's metric: accuracy, or per-bit accuracy for the
-    bit tasks), ``eval_loss`` and ``train_loss`` (mean over the steps since the previous evaluation) per evaluation.
+    Returns the run's settings with ``eval_steps``, ``accuracy`` (the task's metric: accuracy, or per-bit accuracy
+    for the bit tasks), ``eval_loss`` and ``train_loss`` (mean over the steps since the previous evaluation) per
+    evaluation.
     """
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
@@ -489,12 +490,12 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
         raise ValueError(f"{run.task}: {len(task.train)} training examples, fewer than one batch of {run.batch_size}.")
     eval_loader = DataLoader(task.eval, batch_size=run.eval_batch_size)
     accelerator = Accelerator(cpu=True)  # only for evaluate_model's gather (a no-op in one process)
-    curve: dict[str, list[Any]] = {"steps": [], "accuracy": [], "eval_loss": [], "train_loss": []}
+    curve: dict[str, list[Any]] = {"eval_steps": [], "accuracy": [], "eval_loss": [], "train_loss": []}
     losses: list[float] = []
 
     def record(step: int) -> None:
         scores = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
-        curve["steps"].append(step)
+        curve["eval_steps"].append(step)
         curve["accuracy"].append(scores[spec.metric])
         curve["eval_loss"].append(finite_or_none(scores["eval_loss"]))  # None: diverged (NaN)
         curve["train_loss"].append(finite_or_none(sum(losses) / len(losses)) if losses else None)
@@ -588,7 +589,7 @@ def summarize_sweep(
                 "seeds": [r["seed"] for r in runs],
                 "final_accuracy": [r["final_accuracy"] for r in runs],
                 "final_accuracy_mean": statistics.mean(r["final_accuracy"] for r in runs),
-                "steps_to_threshold": [steps_to_reach(r["steps"], r["accuracy"], threshold) for r in runs],
+                "steps_to_threshold": [steps_to_reach(r["eval_steps"], r["accuracy"], threshold) for r in runs],
             }
             for lr, runs in sorted(by_lr.items())
         }
@@ -613,9 +614,9 @@ def summarize_sweep(
             "seeds": [r["seed"] for r in best_runs],
             "final_accuracy": [r["final_accuracy"] for r in best_runs],
             "final_accuracy_mean": statistics.mean(r["final_accuracy"] for r in best_runs),
-            "steps_to_threshold": [steps_to_reach(r["steps"], r["accuracy"], threshold) for r in best_runs],
+            "steps_to_threshold": [steps_to_reach(r["eval_steps"], r["accuracy"], threshold) for r in best_runs],
             "seconds": [r["seconds"] for r in best_runs],
-            "curve_steps": best_runs[0]["steps"],
+            "curve_steps": best_runs[0]["eval_steps"],
             "curve_accuracy_mean": [statistics.mean(values) for values in zip(*curves, strict=True)],
             "curve_accuracy_min": [min(values) for values in zip(*curves, strict=True)],
             "curve_accuracy_max": [max(values) for values in zip(*curves, strict=True)],
@@ -625,12 +626,19 @@ def summarize_sweep(
 
 def _sweep_score(runs: Sequence[dict[str, Any]], lr: float, threshold: float) -> tuple[float, float, float]:
     """Sort key of a learning rate: mean final accuracy, then fewer mean steps to ``threshold``, then smaller lr."""
-    reached = [steps_to_reach(r["steps"], r["accuracy"], threshold) for r in runs]
+    reached = [steps_to_reach(r["eval_steps"], r["accuracy"], threshold) for r in runs]
     # A run that never reached the threshold counts as taking twice its length.
-    mean_steps = statistics.mean(
-        s if s is not None else 2 * r["steps"][-1] for s, r in zip(reached, runs, strict=True)
-    )
+    mean_steps = statistics.mean(s if s is not None else 2 * r["steps"] for s, r in zip(reached, runs, strict=True))
     return (statistics.mean(r["final_accuracy"] for r in runs), -mean_steps, -lr)
+
+
+TASK_TOKENS = {"bit_xor": 2, "bit_memory": 12, "listops": 32, "digits": 4}
+"""Tokens per example of the :data:`TASK_PLANS` tasks: the rough relative cost of a training step."""
+
+
+def longest_first(runs: Sequence[CurveRun]) -> list[CurveRun]:
+    """``runs`` with the most expensive first, so that parallel workers finish together."""
+    return sorted(runs, key=lambda r: -r.steps * r.batch_size * TASK_TOKENS.get(r.task, 16))
 
 
 def lr_sweep(
@@ -648,7 +656,7 @@ def lr_sweep(
 
     Returns every run's result and the summary per ``task/label``.
     """
-    results = run_curves(runs, workers)
+    results = run_curves(longest_first(runs), workers)
     sweep_seeds = sorted({r.seed for r in runs})
     extra = [s for s in confirm_seeds if s not in sweep_seeds]
     if extra:
@@ -660,7 +668,7 @@ def lr_sweep(
             for seed in extra
         ]
         print(f"confirming the chosen learning rates on seeds {extra}: {len(confirm)} runs", flush=True)
-        results += run_curves(sorted(confirm, key=lambda r: -r.steps * r.batch_size), workers)
+        results += run_curves(longest_first(confirm), workers)
     return results, summarize_sweep(results, thresholds, select_seeds=sweep_seeds)
 
 
@@ -790,8 +798,8 @@ TASK_PLANS: dict[str, TaskPlan] = {
     "bit_xor": TaskPlan(
         "bit_xor",
         "two 5-bit strings, patches of 5 (the paper's setting: 2 tokens); fresh examples every step",
-        {"n_bits": 5, "patch_size": 5, "num_eval": 500},
-        steps=400,
+        {"n_bits": 5, "patch_size": 5, "num_eval": 300},
+        steps=300,
         batch_size=16,
         eval_every=25,
         threshold=0.9,
@@ -801,7 +809,7 @@ TASK_PLANS: dict[str, TaskPlan] = {
         "bit_memory",
         "5 strings of 50 bits + a copy of one with half its bits masked, patches of 25 (12 tokens; paper: 5 x 1000 "
         "bits, patches of 50, 120 tokens); fresh examples every step",
-        {"n_strings": 5, "n_bits": 50, "patch_size": 25, "mask_prob": 0.5, "num_eval": 300},
+        {"n_strings": 5, "n_bits": 50, "patch_size": 25, "mask_prob": 0.5, "num_eval": 200},
         steps=250,
         batch_size=16,
         eval_every=25,
@@ -823,7 +831,7 @@ TASK_PLANS: dict[str, TaskPlan] = {
         {"patch_size": 4},
         steps=400,
         batch_size=16,
-        eval_every=25,
+        eval_every=50,
         threshold=0.9,
     ),
 }

@@ -1,0 +1,110 @@
+"""Smoke tests of the accuracy benchmarks (pretrained vs random, ablation): each runs with ``--quick`` in a subprocess.
+
+Checked: the JSON's structure and sanity (accuracies in [0, 1], eval steps increasing, every configured learning
+rate and every set-up present, the chosen rate one of them) and that a plot is written. No timings and no results
+are asserted: a quick run trains for a few steps only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = {"bit_xor", "bit_memory", "listops", "digits"}
+RUNGS = ["output only", "+ layer norms", "+ input", "+ positions"]
+
+
+def _run(module: str, out_dir: Path, name: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", f"benchmarks.{module}", "--quick", f"--out-dir={out_dir}", f"--name={name}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-4000:]}"
+    assert (out_dir / f"{name}.png").stat().st_size > 1000
+    data: dict[str, Any] = json.loads((out_dir / f"{name}.json").read_text())
+    assert data["benchmark"] == module and data["quick"] is True
+    assert {"torch", "transformers", "peft", "fpt_peft", "device"} <= set(data["environment"])
+    assert data["command"].startswith(f"python -m benchmarks.{module}")
+    return data
+
+
+def _check_run(run: dict[str, Any]) -> None:
+    steps, accuracy = run["eval_steps"], run["accuracy"]
+    assert steps[0] == 0 and steps[-1] == run["steps"] > 0, "scored before the first step and after the last"
+    assert all(a < b for a, b in itertools.pairwise(steps)), steps
+    assert len(accuracy) == len(steps) == len(run["eval_loss"]) == len(run["train_loss"])
+    assert all(0.0 <= a <= 1.0 for a in accuracy), accuracy
+    assert run["final_accuracy"] == accuracy[-1]
+    assert run["metric"] == ("per_bit_accuracy" if run["task"].startswith("bit_") else "accuracy")
+    assert run["trainable_parameters"] > 0
+    for loss in run["eval_loss"] + run["train_loss"][1:]:
+        assert loss is None or (math.isfinite(loss) and loss >= 0)
+
+
+def _check_summary(summary: dict[str, Any], lrs: list[float], seeds: list[int]) -> None:
+    assert summary["learning_rates"] == sorted(lrs)
+    assert set(summary["per_lr"]) == {f"{lr:g}" for lr in lrs}, "every configured learning rate is reported"
+    assert summary["best_lr"] in lrs
+    assert isinstance(summary["best_lr_at_edge_of_grid"], bool)
+    assert summary["seeds"] == seeds
+    assert 0.0 <= summary["final_accuracy_mean"] <= 1.0
+    assert all(0.0 <= a <= 1.0 for a in summary["final_accuracy"])
+    steps = summary["curve_steps"]
+    assert all(a < b for a, b in itertools.pairwise(steps))
+    for low, mean, high in zip(
+        summary["curve_accuracy_min"], summary["curve_accuracy_mean"], summary["curve_accuracy_max"], strict=True
+    ):
+        assert 0.0 <= low <= mean + 1e-12 and mean <= high + 1e-12 and high <= 1.0
+    for step in summary["steps_to_threshold"]:
+        assert step is None or step in steps
+
+
+@pytest.mark.slow
+def test_pretrained_vs_random_quick(tmp_path: Path) -> None:
+    data = _run("pretrained_vs_random", tmp_path, "pvr-test")
+    settings = data["settings"]
+    assert set(data["tasks"]) == set(settings["tasks"]) == TASKS
+    assert settings["inits"] == ["pretrained", "random"]
+    for name, task in data["tasks"].items():
+        lrs = settings["lrs"][name]
+        assert lrs and task["plan"]["lrs"] == lrs
+        for init in ("pretrained", "random"):
+            _check_summary(task[init], lrs, settings["sweep_seeds"] + settings["confirm_seeds"])
+        assert task["pretrained_minus_random"] == pytest.approx(
+            task["pretrained"]["final_accuracy_mean"] - task["random"]["final_accuracy_mean"]
+        )
+        assert set(task["paper"]["accuracy"]) == {"pretrained", "random"}
+    assert len(data["runs"]) == sum(2 * len(lrs) for lrs in settings["lrs"].values())
+    for run in data["runs"]:
+        _check_run(run)
+        assert run["init"] == run["label"]
+    assert {(r["task"], r["init"], r["lr"]) for r in data["runs"]} == {
+        (name, init, lr) for name, lrs in settings["lrs"].items() for init in ("pretrained", "random") for lr in lrs
+    }
+
+
+@pytest.mark.slow
+def test_ablation_quick(tmp_path: Path) -> None:
+    data = _run("ablation", tmp_path, "ablation-test")
+    settings = data["settings"]
+    assert set(data["tasks"]) == {"digits", "bit_memory"}
+    assert list(settings["rungs"]) == RUNGS
+    for name, task in data["tasks"].items():
+        lrs = settings["lrs"][name]
+        assert list(task["rungs"]) == RUNGS
+        assert list(task["paper"]["accuracy"]) == RUNGS
+        counts = []
+        for rung in RUNGS:
+            _check_summary(task["rungs"][rung], lrs, settings["sweep_seeds"] + settings["confirm_seeds"])
+            counts.append(task["rungs"][rung]["trainable_parameters"])
+        # Each rung trains strictly more parameters than the one before.
+        assert all(a < b for a, b in itertools.pairwise(counts)), counts
+    for run in data["runs"]:
+        _check_run(run)
+        assert run["init"] == "pretrained" and run["flags"] == settings["rungs"][run["label"]]
