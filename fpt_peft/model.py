@@ -14,7 +14,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .config import FPTConfig
-from .discovery import discover, position_capacity
+from .discovery import POSITION_NAMES, discover, position_capacity
 from .layer import FPTInputLayer, FPTModuleLayer, FPTOutputLayer, FPTParameterLayer
 from .registration import PREFIX
 
@@ -133,7 +133,7 @@ class FPTModel(BaseTuner):
                     "FPT: %s has no learned positional embeddings (searched for modules or parameters named %s; "
                     "rotary or relative positions have no parameters), so none are trained.",
                     type(model).__name__,
-                    ", ".join(("wpe", "position_embeddings", "embed_positions", "position_embedding", "pos_embed")),
+                    ", ".join(POSITION_NAMES),
                 )
         else:
             config.position_parameters = []

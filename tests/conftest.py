@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+
+# Before huggingface_hub is imported: it reads these once, at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,9 +16,6 @@ import pytest
 import torch
 import transformers
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 transformers.logging.set_verbosity_error()
 
 import fpt_peft  # noqa: E402,F401  (registers FPT with peft)

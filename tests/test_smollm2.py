@@ -27,7 +27,9 @@ def test_smollm2_gguf_backbone_trains_norms_and_new_layers_only(caplog: pytest.L
     with caplog.at_level(logging.WARNING, logger="fpt_peft"):
         model = get_peft_model(base, FPTConfig(input_vocab_size=16, output_dim=10))
     assert "no learned positional embeddings" in caplog.text
-    wrapped = {n.split(".fpt_copies.")[0] for n, p in model.named_parameters() if p.requires_grad and "fpt_copies" in n}
+    wrapped = {
+        n.split(".fpt_copies.")[0] for n, p in model.named_parameters() if p.requires_grad and "fpt_copies" in n
+    }
     assert len(wrapped) == 2 * 30 + 1 and all(name.endswith("norm") for name in wrapped)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     ids = torch.randint(1, 16, (2, 12))
