@@ -25,7 +25,12 @@ PREFIX = "fpt_"
 
 
 def register() -> None:
-    """Make peft resolve ``peft_type="FPT"`` to :class:`FPTConfig` and :class:`FPTModel`. Idempotent."""
+    """Make peft resolve ``peft_type="FPT"`` to :class:`FPTConfig` and :class:`FPTModel`. Idempotent.
+
+    Also routes ``PeftModel.save_pretrained`` / ``from_pretrained`` / ``load_adapter`` / ``push_to_hub`` (and
+    transformers' ``load_adapter``) through :mod:`fpt_peft.safe_io` and :mod:`fpt_peft.hub` for models that hold an
+    FPT adapter (atomic, verified files; model card kept); other adapters pass through untouched.
+    """
     from peft import mapping
 
     from .config import FPTConfig
