@@ -401,12 +401,15 @@ def _after_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
                 "(one class index per predicted value)."
             )
         classes = logits.shape[-1]
-        if labels.is_floating_point() or bool((((labels < 0) & (labels != -100)) | (labels >= classes)).any()):
+        message = f"labels must be integer class indices in [0, {classes}) (or -100 to ignore)"
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"{message}; got dtype {labels.dtype}.")
+        try:  # no range check up front: it would cost a device sync per step (CUDA asserts on its own)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, classes).float(), labels.reshape(-1))
+        except IndexError as exc:
             raise ValueError(
-                f"labels must be integer class indices in [0, {classes}) (or -100 to ignore); got dtype "
-                f"{labels.dtype}, values in [{labels.min().item()}, {labels.max().item()}]."
-            )
-        loss = nn.functional.cross_entropy(logits.reshape(-1, classes).float(), labels.reshape(-1))
+                f"{message}; got values in [{labels.min().item()}, {labels.max().item()}] ({exc})."
+            ) from exc
     return FPTOutput(
         loss=loss,
         logits=logits,
