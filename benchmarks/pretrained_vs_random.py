@@ -12,7 +12,7 @@ trained again on fresh confirmation seed(s) (:func:`benchmarks.common.lr_sweep`)
 (per-bit for the bit tasks), steps to the task's threshold, the whole sweep, and the learning curves at the chosen
 rates.
 
-    python -m benchmarks.pretrained_vs_random            # the full run (about 10 minutes on 2 cores)
+    python -m benchmarks.pretrained_vs_random            # the full run (about 11 min on 2 quiet cores)
     python -m benchmarks.pretrained_vs_random --quick    # a seconds-long smoke run
 """
 
