@@ -1,18 +1,40 @@
-"""Resumable training checkpoints with Accelerate, written atomically and holding only the adapter.
+"""Resumable training checkpoints with Accelerate: atomic, durable, verified, and holding only the adapter.
 
 A checkpoint is ``accelerator.save_state`` of the model (its FPT adapter weights only, see
 :func:`install_adapter_state_hooks`), optimizer, scheduler, every process's RNG states, and a
-:class:`TrainingProgress` (optimizer steps done and position in the training data). It is written to
-``<root>/.tmp-step_XXXXXX`` and renamed to ``<root>/step_XXXXXX`` once every process has finished writing, so a
-folder with the final name is always complete; a run killed while saving leaves only a temporary folder, which
-:func:`latest_checkpoint` ignores and the next save replaces.
+:class:`TrainingProgress` (optimizer steps done and position in the training data), plus a manifest
+(``checkpoint.json``: the step, and the size and SHA-256 of every file).
+
+How a save survives being killed at any moment (SIGKILL, power loss):
+
+1. Every file is written to ``<root>/.tmp-step_XXXXXX``; once all processes are done, the main process fsyncs each
+   file, writes the manifest last (fsynced too) and fsyncs the folder.
+2. The folder is renamed to ``<root>/step_XXXXXX`` (``os.replace``, atomic) and ``<root>`` is fsynced. Only now does
+   the checkpoint exist: a folder with the final name always holds a complete, durable checkpoint.
+3. Only then are the checkpoints beyond the last ``keep`` deleted (never the one just written): each is first
+   renamed to a ``.tmp-`` name (atomic, made durable), then removed, so a deletion killed half-way leaves a
+   temporary folder, never a half-deleted checkpoint under a final name.
+
+Anything starting with ``.tmp-`` is ignored by :func:`latest_checkpoint` and removed by the next save.
+:func:`list_checkpoints` also ignores ``step_*`` folders whose manifest is missing or whose files do not have the
+recorded sizes; before a resume, :func:`verify_checkpoint` checks the digests as well, and the trainer falls back to
+the previous checkpoint if the latest one was damaged after it was written.
+
+Tests inject faults through the environment variable :data:`FAULT_ENV` (see :func:`fault_point`): a trace of the
+save phases, a pause in each, or a SIGKILL on entering one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
+import signal
+import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +48,21 @@ from .registration import PREFIX
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
 TEMP_PREFIX = ".tmp-"
 WEIGHTS_NAME = "model.safetensors"  # the file accelerate's save_state writes the (filtered) model state to
+MANIFEST_NAME = "checkpoint.json"
+MANIFEST_FORMAT = 1
+# Checkpoints written by fpt-peft 0.1.0 have no manifest; they count as complete when these files are there.
+LEGACY_FILES = (WEIGHTS_NAME, "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl")
+
+# Testing hook (fault injection), read at every phase of a save. Comma-separated directives:
+#   trace=PATH          append "<step> <phase>" to PATH on entering each phase
+#   pause=SECONDS       sleep at each phase, so that an external kill can land inside a checkpoint write
+#   kill=PHASE[@STEP]   SIGKILL this process on entering PHASE (of the save of STEP)
+FAULT_ENV = "FPT_PEFT_CHECKPOINT_FAULT"
+SAVE_PHASES = ("temp_created", "between_files", "files_written", "synced", "renamed", "pruning", "done")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is incomplete or damaged (missing files, wrong sizes or digests)."""
 
 
 @dataclass
@@ -42,7 +79,8 @@ class TrainingProgress:
     num_processes: int = 1
 
     def state_dict(self) -> dict[str, int]:
-        """For ``accelerator.register_for_checkpointing``."""
+        """For ``accelerator.register_for_checkpointing`` (saved after the model, optimizer and RNG files)."""
+        fault_point("between_files", self.step)
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -51,18 +89,89 @@ class TrainingProgress:
             setattr(self, key, int(value))
 
 
+def fault_point(phase: str, step: int) -> None:
+    """Run the fault-injection directives of :data:`FAULT_ENV` for ``phase`` (tests only; a no-op when unset)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    for directive in spec.split(","):
+        key, _, value = directive.strip().partition("=")
+        if key == "trace":
+            with open(value, "a", encoding="utf-8") as handle:
+                handle.write(f"{step} {phase}\n")
+        elif key == "pause":
+            time.sleep(float(value))
+        elif key == "kill" and value in (phase, f"{phase}@{step}"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def checkpoint_name(step: int) -> str:
     """Folder name of the checkpoint after ``step`` optimizer steps."""
     return f"step_{step:06d}"
 
 
+def checkpoint_step(path: str | os.PathLike[str]) -> int:
+    """The step of a checkpoint folder, from its name."""
+    match = CHECKPOINT_PATTERN.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{str(path)!r} is not a checkpoint folder (step_XXXXXX).")
+    return int(match.group(1))
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        return None
+    return manifest
+
+
+def _problem(folder: Path, digests: bool) -> str | None:
+    """Why ``folder`` is not a complete checkpoint, or None if it is."""
+    if not folder.is_dir():
+        return "no such folder"
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        if (folder / MANIFEST_NAME).exists():
+            return f"its {MANIFEST_NAME} is unreadable"
+        missing = [name for name in LEGACY_FILES if not (folder / name).is_file()]  # fpt-peft 0.1.0's format
+        return f"it has no {MANIFEST_NAME} and lacks {missing}" if missing else None
+    if manifest.get("step") != checkpoint_step(folder):
+        return f"its {MANIFEST_NAME} records step {manifest.get('step')}"
+    for name, entry in manifest["files"].items():
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != entry.get("bytes"):
+            return f"{name} has {size} bytes, {entry.get('bytes')} were written"
+        if digests and _sha256(path) != entry.get("sha256"):
+            return f"{name} does not have the SHA-256 recorded when it was written"
+    return None
+
+
+def verify_checkpoint(folder: str | os.PathLike[str]) -> None:
+    """Raise :class:`CheckpointError` unless ``folder`` is a complete checkpoint whose files match its manifest."""
+    problem = _problem(Path(folder), digests=True)
+    if problem is not None:
+        raise CheckpointError(f"Checkpoint {str(folder)!r} is incomplete or damaged: {problem}.")
+
+
 def list_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (temporary folders are not listed)."""
+    """Complete checkpoints under ``root``, oldest first.
+
+    Temporary folders (``.tmp-*``: a save or deletion in progress, or killed) and ``step_*`` folders without a valid
+    manifest or with files of the wrong size are not listed. Digests are checked by :func:`verify_checkpoint`.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
-    return [p for _, p in sorted(found)]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if _problem(p, digests=False) is None]
 
 
 def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
@@ -71,25 +180,170 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes taken by the files of a checkpoint folder."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def estimate_checkpoint_bytes(model: torch.nn.Module, num_processes: int = 1) -> int:
+    """About how many bytes one checkpoint of ``model`` takes (an upper estimate, for ``check_writable``).
+
+    The adapter weights (everything :func:`install_adapter_state_hooks` saves), Adam's two moments per trainable
+    weight, serialisation overhead per tensor, and each process's RNG states (CPU, NumPy, Python, CUDA).
+    """
+    saved = trainable = tensors = 0
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if _is_adapter_key(name):
+            saved += tensor.numel() * tensor.element_size()
+            tensors += 1
+    for param in model.parameters():
+        if param.requires_grad:
+            trainable += param.numel() * param.element_size()
+            tensors += 2
+    return saved + 2 * trainable + 1024 * tensors + 32 * 1024 * num_processes + 32 * 1024
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the entries of a directory (files created, renamed or removed in it) durable (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - platforms where a directory cannot be opened (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - filesystems that do not support fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(folder: Path) -> None:
+    """``mkdir -p folder``, with every new directory entry made durable."""
+    new = []
+    while not folder.exists():
+        new.append(folder)
+        folder = folder.parent
+    for path in reversed(new):
+        path.mkdir(exist_ok=True)
+        fsync_dir(path.parent)
+
+
+def _write_manifest(folder: Path, step: int, num_processes: int) -> None:
+    """Fsync every file of ``folder``, then write (and fsync) the manifest recording their sizes and digests."""
+    files: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        _fsync_file(path)
+        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"format": MANIFEST_FORMAT, "step": step, "num_processes": num_processes, "files": files}
+    with open(folder / MANIFEST_NAME, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    for sub in sorted({p.parent for p in folder.rglob("*")} | {folder}, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(sub)
+
+
+def _discard(root: Path, folders: Iterable[Path], step: int) -> None:
+    """Delete ``folders`` (under ``root``, during the save of ``step``) so that a kill at any moment leaves no
+    half-deleted checkpoint: each is renamed to a ``.tmp-`` name first (atomic, made durable), and only then removed.
+    """
+    moved = []
+    for folder in folders:
+        trash = root / f"{TEMP_PREFIX}delete-{folder.name}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(folder, trash)
+        moved.append(trash)
+    if moved:
+        fsync_dir(root)
+    for trash in moved:
+        fault_point("pruning", step)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_temporary(root: Path) -> None:
+    """Remove what saves and deletions killed half-way left behind (every ``.tmp-*`` entry of ``root``)."""
+    for entry in root.iterdir():
+        if entry.name.startswith(TEMP_PREFIX):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
 def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike[str], step: int, keep: int) -> Path:
-    """Save the training state after ``step`` steps atomically (all processes call this); keep the last ``keep``."""
+    """Save the training state after ``step`` steps atomically and durably (all processes call this).
+
+    Keeps the last ``keep`` complete checkpoints (at least this one); see the module docstring for the protocol.
+    """
     root = Path(root)
     final = root / checkpoint_name(step)
     temp = root / f"{TEMP_PREFIX}{final.name}"
     if accelerator.is_main_process:
-        shutil.rmtree(temp, ignore_errors=True)  # left over by a run killed while saving
-        temp.mkdir(parents=True)
+        _make_dirs(root)
+        _remove_temporary(root)
+        temp.mkdir()
+        fault_point("temp_created", step)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
+        fault_point("files_written", step)
+        _write_manifest(temp, step, accelerator.num_processes)
+        fault_point("synced", step)
+        if final.exists():  # an incomplete or damaged folder of that name (a complete one would have been resumed)
+            _discard(root, [final], step)
         os.replace(temp, final)
-        for old in list_checkpoints(root)[: -max(keep, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(root)
+        fault_point("renamed", step)
+        complete = list_checkpoints(root)
+        _discard(root, [p for p in complete[: -max(keep, 1)] if p != final], step)
+        fault_point("done", step)
     accelerator.wait_for_everyone()
     return final
+
+
+def remove_checkpoints(root: str | os.PathLike[str]) -> None:
+    """Delete the checkpoint folder ``root`` and everything in it, atomically: it is renamed first, then removed.
+
+    A kill half-way leaves no checkpoint behind that a later ``--resume`` could mistake for the new run's.
+    """
+    root = Path(root)
+    trash = root.with_name(f"{TEMP_PREFIX}removed-{root.name}")
+    shutil.rmtree(trash, ignore_errors=True)  # left by an earlier kill
+    if root.exists():
+        os.replace(root, trash)
+        fsync_dir(root.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def set_aside(folder: str | os.PathLike[str]) -> Path:
+    """Rename a damaged checkpoint to ``step_XXXXXX.damaged[-N]`` (kept for inspection, never listed or pruned)."""
+    folder = Path(folder)
+    target = folder.with_name(f"{folder.name}.damaged")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.damaged-{n}")
+    os.replace(folder, target)
+    fsync_dir(folder.parent)
+    return target
 
 
 def _is_adapter_key(key: str) -> bool:

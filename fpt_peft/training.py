@@ -11,8 +11,9 @@ adapter, for ``PeftModel.from_pretrained``), ``metrics.json`` and, with ``--log-
 from __future__ import annotations
 
 import argparse
+import errno
 import json
-import shutil
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -26,12 +27,40 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .checkpoints import TrainingProgress, install_adapter_state_hooks, latest_checkpoint, save_checkpoint
+from . import safe_io
+from .checkpoints import (
+    CheckpointError,
+    TrainingProgress,
+    checkpoint_bytes,
+    estimate_checkpoint_bytes,
+    fsync_dir,
+    install_adapter_state_hooks,
+    latest_checkpoint,
+    list_checkpoints,
+    remove_checkpoints,
+    save_checkpoint,
+    set_aside,
+    verify_checkpoint,
+)
 from .data.spec import TaskData
 from .metrics import load_metric
 from .modeling import build_model
 from .pretrained import DEFAULT_MODEL
 from .validation import check_task_data, model_inputs
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met NaN or Inf: in a batch's inputs (``kind="inputs"``), the loss (``"loss"``), the gradient norm
+    (``"gradients"``, with gradient clipping on) or, checked before each save, the trainable weights (``"weights"``).
+
+    ``step`` is the optimizer step (1-based) it happened at (for ``"weights"``: the step after which it was found).
+    Raised on every process alike. No checkpoint of that step or later is written, and every checkpoint written
+    holds finite weights, so the last complete checkpoint is the last good state.
+    """
+
+    def __init__(self, message: str, *, step: int, kind: str) -> None:
+        super().__init__(message)
+        self.step, self.kind = step, kind
 
 
 @dataclass
@@ -229,7 +258,12 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     """Train an FPT model on ``task`` with Accelerate; returns the final evaluation metrics.
 
     Every check (arguments, data against its spec, model, sequence length against the model's positions, output
-    folder) runs before the first step. The final adapter is saved to ``output_dir/adapter``.
+    folder: earlier runs, write permission, free space for the checkpoints and adapter) runs before the first step.
+    The final adapter is saved to ``output_dir/adapter``.
+
+    Faults: checkpoints are atomic and durable (a run killed at any moment resumes with ``--resume`` from the last
+    complete one, bit-identically); NaN or Inf in the inputs, loss, gradient norm or weights raises
+    :class:`NonFiniteError` naming the step, on every process, before anything broken is saved.
     """
     if isinstance(args, argparse.Namespace):
         args = TrainingArguments.from_namespace(args)
@@ -249,6 +283,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     set_seed(args.seed)
     model = build_model(spec, args.model, seed=args.seed, **args.model_options())
     model = model.to(accelerator.device)  # before the optimizer, so that fused Adam sees CUDA tensors
+    _check_outputs(accelerator, args, model, output_dir, spec.metric)
     trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
 
@@ -285,7 +320,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     install_adapter_state_hooks(accelerator)
     checkpoints = output_dir / "checkpoints"
     if args.overwrite_output_dir and accelerator.is_main_process:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        remove_checkpoints(checkpoints)
     accelerator.wait_for_everyone()
     set_seed(args.seed, device_specific=True)  # dropout differs per process; a resume restores the saved states
     if args.resume:
@@ -303,50 +338,77 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     evaluated_at = -1
     running_loss = torch.zeros((), device=accelerator.device)
     running_count = 0
+    # The first optimizer step (0: none yet) whose batch had non-finite inputs, whose loss was non-finite, whose
+    # gradient norm was non-finite, and (checked before each save) after which a trainable weight was non-finite.
+    # Kept on the device, so that the checks cost no host sync; read (and combined over processes) before logging,
+    # evaluating and saving, i.e. before a checkpoint or the adapter could record a broken state.
+    health = torch.zeros(len(_HEALTH), dtype=torch.long, device=accelerator.device)
+    embeds = None if spec.is_symbolic else "inputs_embeds"
+    fine = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+    # fp16's gradient scaler expects (and skips) overflowing gradients; bf16 and fp32 have no such steps.
+    watch_gradients = args.max_grad_norm > 0 and args.mixed_precision != "fp16"
     bar = tqdm(
         total=args.max_steps, initial=progress.step, desc=spec.name, disable=not accelerator.is_local_main_process
     )
     model.train()
-    while progress.step < args.max_steps:
-        sampler.set_epoch(progress.epoch)
-        train_loader.set_epoch(progress.epoch)
-        epoch_loader = accelerator.skip_first_batches(train_loader, progress.batch) if progress.batch else train_loader
-        for batch in epoch_loader:
-            with accelerator.accumulate(model):
-                loss = model(**_model_batch(batch, keys), labels=batch["labels"]).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            progress.batch += 1
-            running_loss += loss.detach().float()
-            running_count += 1
-            if not accelerator.sync_gradients:
-                continue
-            progress.step += 1
-            bar.update(1)
-            step = progress.step
-            if step % args.log_every == 0 or step == args.max_steps:
-                train_loss = float(accelerator.reduce(running_loss, reduction="mean")) / max(running_count, 1)
-                running_loss.zero_()
-                running_count = 0
-                bar.set_postfix(loss=f"{train_loss:.4f}")
-                accelerator.log({"train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}, step=step)
-            if (args.eval_every and step % args.eval_every == 0) or step == args.max_steps:
-                metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
-                evaluated_at = step
-                accelerator.log({f"eval_{k}" if k != "eval_loss" else k: v for k, v in metrics.items()}, step=step)
-                accelerator.print(_describe(step, metrics))
-            if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
-                save_checkpoint(accelerator, checkpoints, step, args.keep_checkpoints)
-            if step >= args.max_steps:
-                break
-        else:
-            progress.epoch += 1
-            progress.batch = 0
-    bar.close()
+    try:
+        while progress.step < args.max_steps:
+            sampler.set_epoch(progress.epoch)
+            train_loader.set_epoch(progress.epoch)
+            epoch_loader = (
+                accelerator.skip_first_batches(train_loader, progress.batch) if progress.batch else train_loader
+            )
+            for batch in epoch_loader:
+                with accelerator.accumulate(model):
+                    loss = model(**_model_batch(batch, keys), labels=batch["labels"]).loss
+                    accelerator.backward(loss)
+                    norm = None
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                progress.batch += 1
+                loss = loss.detach().float()
+                running_loss += loss
+                running_count += 1
+                bad_inputs = ~torch.isfinite(batch[embeds]).all() if embeds else fine  # integer ids are finite
+                bad_norm = ~torch.isfinite(norm) if watch_gradients and isinstance(norm, torch.Tensor) else fine
+                bad = torch.stack((bad_inputs, ~torch.isfinite(loss), bad_norm, fine))
+                health = torch.where(bad & (health == 0), progress.step + 1, health)
+                if not accelerator.sync_gradients:
+                    continue
+                progress.step += 1
+                bar.update(1)
+                step = progress.step
+                logs = step % args.log_every == 0 or step == args.max_steps
+                evaluates = bool(args.eval_every and step % args.eval_every == 0) or step == args.max_steps
+                saves = bool(args.save_every and step % args.save_every == 0) or step == args.max_steps
+                if saves:  # a weight can turn non-finite without a non-finite gradient norm (no clipping, overflow)
+                    bad_weights = ~torch.stack([torch.isfinite(p).all() for p in trainable]).all()
+                    health[3] = torch.where(bad_weights & (health[3] == 0), step, health[3])
+                if logs or evaluates or saves:
+                    _check_health(accelerator, health, embeds, args, checkpoints)
+                if logs:
+                    train_loss = float(accelerator.reduce(running_loss, reduction="mean")) / max(running_count, 1)
+                    running_loss.zero_()
+                    running_count = 0
+                    bar.set_postfix(loss=f"{train_loss:.4f}")
+                    accelerator.log({"train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}, step=step)
+                if evaluates:
+                    metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
+                    evaluated_at = step
+                    accelerator.log({f"eval_{k}" if k != "eval_loss" else k: v for k, v in metrics.items()}, step=step)
+                    accelerator.print(_describe(step, metrics))
+                if saves:
+                    save_checkpoint(accelerator, checkpoints, step, args.keep_checkpoints)
+                if step >= args.max_steps:
+                    break
+            else:
+                progress.epoch += 1
+                progress.batch = 0
+    finally:
+        bar.close()
 
     if evaluated_at != progress.step:  # e.g. resumed from the final checkpoint
         metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
@@ -357,9 +419,128 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     return metrics
 
 
-def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgress) -> None:
-    """Load the last complete checkpoint, if any (model adapter, optimizer, scheduler, RNG states, progress)."""
+def _check_outputs(
+    accelerator: Accelerator, args: TrainingArguments, model: torch.nn.Module, output_dir: Path, metric: str
+) -> None:
+    """Before the first step: fail unless ``output_dir`` is writable and has room for the checkpoints and adapter.
+
+    A checkpoint is estimated by :func:`~fpt_peft.checkpoints.estimate_checkpoint_bytes` (adapter weights, Adam's
+    two moments, RNG states); at its peak a run holds ``keep_checkpoints`` of them plus the one being written, and
+    the final adapter. Checkpoints already there (``--resume``, ``--overwrite-output-dir``) count as space that
+    will be reused. The evaluation metric is created once too (``evaluate`` makes a cache folder for it). Every
+    process checks; if any fails, all raise, so that none waits for the others forever.
+    """
+    checkpoints = output_dir / "checkpoints"
+    one = estimate_checkpoint_bytes(model, accelerator.num_processes)
+    adapter = safe_io.estimate_save_bytes(model)
+    existing = sum(checkpoint_bytes(p) for p in list_checkpoints(checkpoints))
+    needed = max(0, (args.keep_checkpoints + 1) * one - existing) + adapter
+    error: OSError | None = None
+    try:
+        safe_io.check_writable(output_dir, needed)
+        for folder in (checkpoints, output_dir / "adapter"):  # either may exist already, with other permissions
+            safe_io.check_writable(folder)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            hint = (
+                f"this run needs about {needed:,} bytes there: {args.keep_checkpoints} checkpoint(s) plus one being "
+                f"written (about {one:,} bytes each) and the final adapter (about {adapter:,} bytes). Free some space "
+                "or pass another --output-dir (or a lower --keep-checkpoints)."
+            )
+        else:
+            hint = "pass a writable --output-dir."
+        error = type(exc)(exc.errno, f"{exc.strerror}. Checked before training: {hint}")
+        error.__cause__ = exc
+    if error is None:
+        try:
+            load_metric(metric)
+        except OSError as exc:
+            error = type(exc)(
+                exc.errno,
+                f"Cannot create the {metric!r} metric, checked before training: the evaluate library needs a "
+                f"writable cache folder ({exc.strerror}: {exc.filename!r}). Set HF_METRICS_CACHE (or HF_HOME) to a "
+                "writable folder.",
+            )
+            error.__cause__ = exc
+    failures = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), "sum")
+    if error is not None:
+        raise error
+    if float(failures) > 0:
+        raise OSError(
+            f"Another process failed the checks of --output-dir {str(output_dir)!r} before training; see its error."
+        )
+
+
+_HEALTH = ("inputs", "loss", "gradients", "weights")  # what ``health`` tracks, in order (see train())
+
+
+def _check_health(
+    accelerator: Accelerator, health: torch.Tensor, embeds: str | None, args: TrainingArguments, checkpoints: Path
+) -> None:
+    """Raise :class:`NonFiniteError` on every process if any process has seen NaN or Inf (see ``health``)."""
+    width = len(_HEALTH)
+    if accelerator.num_processes > 1:
+        rows = accelerator.gather(health).reshape(-1, width).tolist()  # every process gets every row
+    else:
+        rows = [health.tolist()]
+    # The earliest step; at one step, the first cause in _HEALTH's order (bad inputs explain a bad loss, ...).
+    seen = [(row[kind], kind, rank) for rank, row in enumerate(rows) for kind in range(width) if row[kind] > 0]
+    if not seen:
+        return
+    step, kind, rank = min(seen)
     last = latest_checkpoint(checkpoints)
+    kept = f"the last complete checkpoint, {str(last)!r}, is intact" if last else "no checkpoint had been written"
+    where = f" (process {rank})" if accelerator.num_processes > 1 else ""
+    settings = (
+        f"--learning-rate {args.learning_rate:g}, --max-grad-norm {args.max_grad_norm:g}, --mixed-precision "
+        f"{args.mixed_precision}"
+    )
+    if _HEALTH[kind] == "inputs":
+        message = (
+            f"{embeds} contain NaN or Inf in the batch of step {step}{where}: the training data (or a transform of "
+            f"it) has non-finite values. Nothing after step {step - 1} was saved; {kept}."
+        )
+    elif _HEALTH[kind] == "loss":
+        message = (
+            f"Non-finite training loss (NaN or Inf) at step {step}{where}, with finite inputs: training diverged "
+            f"({settings}), or a weight became non-finite. Nothing after step {step - 1} was saved; {kept}."
+        )
+    elif _HEALTH[kind] == "gradients":
+        message = (
+            f"Non-finite gradient norm (NaN or Inf) at step {step}{where}, with a finite loss: training diverged "
+            f"({settings}); that step's update made the weights non-finite. Nothing after step {step - 1} was "
+            f"saved; {kept}."
+        )
+    else:
+        message = (
+            f"Trainable weights are non-finite (NaN or Inf) after step {step}{where}, though every loss was finite: "
+            f"training diverged ({settings}). This state was not saved; {kept}."
+        )
+    raise NonFiniteError(message, step=step, kind=_HEALTH[kind])
+
+
+def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgress) -> None:
+    """Load the last complete checkpoint, if any (model adapter, optimizer, scheduler, RNG states, progress).
+
+    Checkpoints whose files no longer match their manifest (damaged after they were written) are renamed to
+    ``step_XXXXXX.damaged`` and the previous one is used.
+    """
+    last = None
+    damaged = []
+    for candidate in reversed(list_checkpoints(checkpoints)):
+        try:
+            verify_checkpoint(candidate)
+        except CheckpointError as exc:
+            accelerator.print(f"--resume: skipping a damaged checkpoint. {exc}")
+            damaged.append(candidate)
+            continue
+        last = candidate
+        break
+    accelerator.wait_for_everyone()  # every process has verified before the damaged ones move
+    if damaged and accelerator.is_main_process:
+        for folder in damaged:
+            accelerator.print(f"--resume: moved {folder} to {set_aside(folder)}.")
+    accelerator.wait_for_everyone()
     if last is None:
         accelerator.print(f"--resume: no complete checkpoint in {checkpoints}; starting from step 0.")
         return
@@ -381,12 +562,23 @@ def _save_adapter(
     if accelerator.is_main_process:
         adapter = accelerator.unwrap_model(model)
         adapter.save_pretrained(str(output_dir / "adapter"))
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
         if repo:
             adapter.push_to_hub(repo)
             accelerator.print(f"Pushed the adapter to https://huggingface.co/{repo}.")
     accelerator.wait_for_everyone()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` so that it holds the old or the new text whenever the process is killed (and is durable)."""
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    fsync_dir(path.parent)
 
 
 def _describe(step: int, metrics: dict[str, float]) -> str:

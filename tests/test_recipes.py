@@ -53,7 +53,9 @@ def recipe_case(name: str, tmp: Path) -> tuple[list[str], dict[str, Any]]:
         return args, {"num_train": 32, "num_eval": 8, "n_bits": 20, "patch_size": 5, "n_strings": 5}
     if name == "listops":
         return ["--num-train", "24", "--num-eval", "8", "--max-tokens", "32"], {
-            "num_train": 24, "num_eval": 8, "max_tokens": 32
+            "num_train": 24,
+            "num_eval": 8,
+            "max_tokens": 32,
         }
     if name == "digits":
         return [], {}
@@ -70,9 +72,7 @@ RECIPES = ["bit_xor", "bit_memory", "listops", "mnist", "cifar10", "cifar10_lra"
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_trains_and_leaves_a_reloadable_adapter(
-    name: str, tiny: str, tiny_long: str, tmp_path: Path
-) -> None:
+def test_recipe_trains_and_leaves_a_reloadable_adapter(name: str, tiny: str, tiny_long: str, tmp_path: Path) -> None:
     model = tiny_long if name == "cifar10_lra" else tiny
     data_args, data_kwargs = recipe_case(name, tmp_path)
     out = tmp_path / "run"
@@ -97,8 +97,14 @@ def _free_port() -> int:
 def test_two_process_run_is_really_distributed(tiny: str, tmp_path: Path) -> None:
     """``accelerate launch`` with the CPU 2-process config: one gloo group, different batches, identical weights."""
     launch = [
-        "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate_configs/cpu_2proc.yaml",
-        "--main_process_port", str(_free_port()), "tests/ddp_probe.py", str(tmp_path),
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "recipes/accelerate_configs/cpu_2proc.yaml",
+        "--main_process_port",
+        str(_free_port()),
+        "tests/ddp_probe.py",
+        str(tmp_path),
     ]
     out = tmp_path / "run"
     done = run_python([*launch, *quick_args(tiny, out, steps=6), "--save-every", "3"], timeout=180)
@@ -119,11 +125,21 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny: str, tmp_path: Path) 
     out = tmp_path / "killed"
 
     def args(steps: int, *extra: str) -> list[str]:
-        return ["recipes/digits.py", *quick_args(tiny, out, steps=steps), "--save-every", "10", "--batch-size", "8",
-                *extra]
+        return [
+            "recipes/digits.py",
+            *quick_args(tiny, out, steps=steps),
+            "--save-every",
+            "10",
+            "--batch-size",
+            "8",
+            *extra,
+        ]
 
     process = subprocess.Popen(
-        [sys.executable, *args(5000)], cwd=ROOT, env=offline_env(), stdout=subprocess.DEVNULL,
+        [sys.executable, *args(5000)],
+        cwd=ROOT,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:

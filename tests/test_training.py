@@ -16,7 +16,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 import fpt_peft.training as training
-from fpt_peft.checkpoints import latest_checkpoint, list_checkpoints
+from fpt_peft.checkpoints import LEGACY_FILES, latest_checkpoint, list_checkpoints
 from fpt_peft.data import TaskData, TaskSpec, load_task
 from fpt_peft.metrics import load_metric
 from fpt_peft.modeling import build_model
@@ -107,9 +107,7 @@ def test_full_finetuning_trains_every_used_weight(tmp_path: Path, xor: TaskData,
     # Every base weight the forward uses has a trainable copy: all but the unused token embedding (and BERT's pooler).
     unused = ("word_embeddings", "wte", "pooler")
     adapter_parts = ("fpt_", "modules_to_save", "output_adapter")
-    originals = [
-        p for n, p in base.named_parameters() if not any(part in n for part in (*adapter_parts, *unused))
-    ]
+    originals = [p for n, p in base.named_parameters() if not any(part in n for part in (*adapter_parts, *unused))]
     new_layers = sum(p.numel() for n, p in base.named_parameters() if "fpt_input" in n or "output_adapter" in n)
     assert sum(p.numel() for p in trainable(model).values()) == sum(p.numel() for p in originals) + new_layers
     batch = xor.train[:4]
@@ -172,9 +170,12 @@ def test_resume_continues_exactly(tiny: str, tmp_path: Path) -> None:
 
 def test_latest_checkpoint_ignores_temporary_folders(tmp_path: Path) -> None:
     root = tmp_path / "checkpoints"
-    for name in ("step_000010", "step_000020", ".tmp-step_000030", "step_x", "notes"):
+    for name in ("step_000010", "step_000020", ".tmp-step_000030", "step_x", "notes", "step_000040"):
         (root / name).mkdir(parents=True)
-    latest = latest_checkpoint(root)
+    for name in ("step_000010", "step_000020"):  # complete (in 0.1.0's format, without a manifest)
+        for file in LEGACY_FILES:
+            (root / name / file).touch()
+    latest = latest_checkpoint(root)  # step_000040 is empty: not a complete checkpoint
     assert latest is not None and latest.name == "step_000020"
     assert latest_checkpoint(tmp_path / "missing") is None
 
@@ -208,25 +209,40 @@ def _bad_inputs(xor: TaskData) -> dict[str, Callable[[], BadInput]]:
     n = len(xor.train)
     return {
         "missing column": lambda: (
-            TaskData(spec=xor.spec, train=xor.train.remove_columns("labels"), eval=xor.eval), {}, ValueError,
+            TaskData(spec=xor.spec, train=xor.train.remove_columns("labels"), eval=xor.eval),
+            {},
+            ValueError,
             r"missing column\(s\) \['labels'\]",
         ),
         "labels out of range": lambda: (
-            _with_labels(xor, np.full((n, 5), 2)), {}, ValueError, r"labels must lie in \[0, num_classes=2\)"
+            _with_labels(xor, np.full((n, 5), 2)),
+            {},
+            ValueError,
+            r"labels must lie in \[0, num_classes=2\)",
         ),
         "label shape": lambda: (
-            _with_labels(xor, np.zeros((n, 3), dtype=np.int64)), {}, ValueError, r"labels must have shape"
+            _with_labels(xor, np.zeros((n, 3), dtype=np.int64)),
+            {},
+            ValueError,
+            r"labels must have shape",
         ),
         "too long": lambda: (
-            load_task("bit_xor", num_train=16, num_eval=4, n_bits=200, patch_size=5), {}, ValueError,
+            load_task("bit_xor", num_train=16, num_eval=4, n_bits=200, patch_size=5),
+            {},
+            ValueError,
             "80 tokens, but --model .* has 64 learned positions",
         ),
         "missing model folder": lambda: (
-            xor, {"model": "./no/such/model"}, FileNotFoundError, "--model './no/such/model'"
+            xor,
+            {"model": "./no/such/model"},
+            FileNotFoundError,
+            "--model './no/such/model'",
         ),
         "unknown model": lambda: (xor, {"model": "no-such-model-xyz"}, OSError, "--model 'no-such-model-xyz'"),
         "too little data": lambda: (
-            TaskData(spec=xor.spec, train=xor.train.select(range(3)), eval=xor.eval), {}, ValueError,
+            TaskData(spec=xor.spec, train=xor.train.select(range(3)), eval=xor.eval),
+            {},
+            ValueError,
             "fewer than one batch",
         ),
     }
@@ -234,8 +250,15 @@ def _bad_inputs(xor: TaskData) -> dict[str, Callable[[], BadInput]]:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing column", "labels out of range", "label shape", "too long", "missing model folder", "unknown model",
-     "too little data"],
+    [
+        "missing column",
+        "labels out of range",
+        "label shape",
+        "too long",
+        "missing model folder",
+        "unknown model",
+        "too little data",
+    ],
 )
 def test_bad_input_fails_before_training(
     tiny: str, xor: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str

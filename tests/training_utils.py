@@ -19,7 +19,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from fpt_peft.checkpoints import latest_checkpoint
-from fpt_peft.data import TaskData
+from fpt_peft.data import TaskData, load_task
+from fpt_peft.training import EpochSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -29,8 +30,12 @@ def save_tiny_backbone(folder: Path, family: str = "bert", positions: int = 64) 
     """Save a seeded tiny backbone (``AutoModel``) to ``folder``; returns the folder as a string."""
     if family == "bert":
         config: transformers.PretrainedConfig = transformers.BertConfig(
-            num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=positions, vocab_size=50,
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=positions,
+            vocab_size=50,
         )
     else:
         config = transformers.GPT2Config(
@@ -53,8 +58,21 @@ def load_recipe(name: str) -> ModuleType:
 def quick_args(model: str, output_dir: Path, *extra: str, steps: int = 3) -> list[str]:
     """Command-line arguments for a run of a few steps on a tiny model."""
     return [
-        "--model", model, "--output-dir", str(output_dir), "--max-steps", str(steps), "--batch-size", "4",
-        "--eval-every", "0", "--save-every", "0", "--log-every", "1", *extra,
+        "--model",
+        model,
+        "--output-dir",
+        str(output_dir),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "0",
+        "--save-every",
+        "0",
+        "--log-every",
+        "1",
+        *extra,
     ]
 
 
@@ -81,6 +99,21 @@ def write_homology_parquet(folder: Path, n: int = 12, num_folds: int = 1195) -> 
         labels = rng.integers(0, num_folds, n).tolist()
         datasets.Dataset.from_dict({"seq": seqs, "label": labels}).to_parquet(str(folder / f"{split}.parquet"))
     return str(folder)
+
+
+def poisoned_xor(n: int, seed: int, batch_size: int, step: int, rank: int, world: int) -> tuple[TaskData, int]:
+    """Bit XOR whose example in ``rank``'s batch of ``step`` (1-based) holds a NaN; returns (task, example index).
+
+    Follows the trainer's data order (:class:`EpochSampler`, no gradient accumulation, first epoch).
+    """
+    task = load_task("bit_xor", num_train=n, num_eval=16, n_bits=5, patch_size=5)
+    order = list(EpochSampler(n, seed))
+    batch = (step - 1) * world + rank  # Accelerate gives process r the batches r, r + world, ...
+    index = order[batch * batch_size + 3]
+    embeds = np.asarray(task.train["inputs_embeds"], dtype=np.float32)
+    embeds[index, 0, 1] = np.nan
+    train = datasets.Dataset.from_dict({"inputs_embeds": embeds, "labels": np.asarray(task.train["labels"])})
+    return TaskData(spec=task.spec, train=train.with_format("torch"), eval=task.eval), index
 
 
 def model_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
