@@ -21,20 +21,20 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.common import (
-    RESULTS_DIR,
     TASK_PLANS,
     TaskPlan,
     curve_plot,
     environment,
     format_table,
     lr_sweep,
+    parse_sweep_args,
     quick_plan,
+    sweep_parser,
     write_json,
 )
 
@@ -169,22 +169,8 @@ def report(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (see ``--help``)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", choices=list(TASK_PLANS), default=list(ABLATION_TASKS))
-    parser.add_argument("--lrs", nargs="+", type=float, default=None, help="lr grid (default 1e-3 3e-3 1e-2)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the sweep (default 0)")
-    parser.add_argument(
-        "--confirm-seeds", nargs="*", type=int, default=[1], help="fresh seeds run at each chosen rate (default 1)"
-    )
-    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every task's steps (default 1)")
-    parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each (default 2)")
-    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (4 steps, one lr, one seed)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--name", default="ablation", help="result file name")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.confirm_seeds, args.workers, args.lrs = [0], [], 1, None
-    return args
+    parser = sweep_parser(__doc__ or "", list(ABLATION_TASKS), "lr grid (default 1e-3 3e-3 1e-2)", "ablation")
+    return parse_sweep_args(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

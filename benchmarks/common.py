@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -845,3 +846,28 @@ def quick_plan(plan: TaskPlan) -> TaskPlan:
     if plan.task == "listops":
         kwargs["max_tokens"] = 16
     return replace(plan, task_kwargs=kwargs, steps=4, batch_size=4, eval_every=2, lrs=(1e-3,))
+
+
+def sweep_parser(description: str, default_tasks: list[str], lrs_help: str, name: str) -> argparse.ArgumentParser:
+    """Arguments shared by the learning-rate sweep benchmarks (pretrained vs random, ablation)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=list(TASK_PLANS), default=default_tasks)
+    parser.add_argument("--lrs", nargs="+", type=float, default=None, help=lrs_help)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the sweep (default 0)")
+    parser.add_argument(
+        "--confirm-seeds", nargs="*", type=int, default=[1], help="fresh seeds run at each chosen rate (default 1)"
+    )
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every task's steps (default 1)")
+    parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each (default 2)")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (4 steps, one lr, one seed)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--name", default=name, help="result file name")
+    return parser
+
+
+def parse_sweep_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``--quick`` shrinks the sweep to one seed, one worker and the default grid."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.confirm_seeds, args.workers, args.lrs = [0], [], 1, None
+    return args

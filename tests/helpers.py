@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import torch
 import transformers
 
@@ -77,3 +83,18 @@ def tiny_config(family: str, **overrides: object) -> transformers.PretrainedConf
 def base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every tensor of a model (for bit-identity checks)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark_quick(module: str, out_dir: Path, name: str) -> dict[str, Any]:
+    """Run ``python -m benchmarks.<module> --quick`` and return its JSON, checking the files it must write."""
+    command = [sys.executable, "-m", f"benchmarks.{module}", "--quick", f"--out-dir={out_dir}", f"--name={name}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-4000:]}"
+    assert (out_dir / f"{name}.png").stat().st_size > 1000
+    data: dict[str, Any] = json.loads((out_dir / f"{name}.json").read_text())
+    assert data["benchmark"] == module and data["quick"] is True
+    assert {"torch", "transformers", "peft", "fpt_peft", "device"} <= set(data["environment"])
+    return data

@@ -8,28 +8,20 @@ are asserted: a quick run trains for a few steps only.
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import run_benchmark_quick
+
 TASKS = {"bit_xor", "bit_memory", "listops", "digits"}
 RUNGS = ["output only", "+ layer norms", "+ input", "+ positions"]
 
 
 def _run(module: str, out_dir: Path, name: str) -> dict[str, Any]:
-    command = [sys.executable, "-m", f"benchmarks.{module}", "--quick", f"--out-dir={out_dir}", f"--name={name}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-4000:]}"
-    assert (out_dir / f"{name}.png").stat().st_size > 1000
-    data: dict[str, Any] = json.loads((out_dir / f"{name}.json").read_text())
-    assert data["benchmark"] == module and data["quick"] is True
-    assert {"torch", "transformers", "peft", "fpt_peft", "device"} <= set(data["environment"])
+    data = run_benchmark_quick(module, out_dir, name)
     assert data["command"].startswith(f"python -m benchmarks.{module}")
     return data
 
