@@ -25,8 +25,8 @@ from torch import nn
 
 import fpt_peft  # registers FPT with peft
 from fpt_peft import FPTConfig
-from fpt_peft.discovery import discover
 from fpt_peft.pretrained import minilm_path
+from fpt_peft.tuner.discovery import discover
 
 transformers.logging.set_verbosity_error()
 # Noise from the libraries on every run: peft's LN tuning warns about LayerNorm targets, transformers about a rename.

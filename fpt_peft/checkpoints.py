@@ -27,12 +27,15 @@ save phases, a pause in each, or a SIGKILL on entering one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -43,7 +46,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from .registration import PREFIX
+from .tuner import PREFIX
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
 TEMP_PREFIX = ".tmp-"
@@ -377,3 +380,84 @@ def install_adapter_state_hooks(accelerator: Accelerator) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+# ---------------------------------------------------------------------------------------------- final adapter
+SAVE_MARGIN_BYTES = 64 * 1024  # config, model card and filesystem blocks on top of the adapter weights
+
+
+def check_writable(path: str | os.PathLike[str], needed_bytes: int = 0) -> None:
+    """Raise a clear ``OSError`` naming ``path`` unless ``needed_bytes`` can be written there.
+
+    ``path`` may not exist yet; its nearest existing ancestor must be a directory in which a file can really be
+    created (a probe file is created and removed: permission bits say nothing for root or read-only mounts), and its
+    filesystem must have ``needed_bytes`` free. Call it before long work whose result will be saved there.
+    """
+    target = os.path.abspath(os.fspath(path))
+    existing = target
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"Cannot save to {target!r}: {existing!r} is a file, not a directory", target
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"Cannot save to {target!r}: {existing!r} is not writable ({exc.strerror or exc})", target
+        ) from exc
+    free = shutil.disk_usage(existing).free
+    if needed_bytes > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"Not enough space to save to {target!r}: about {needed_bytes:,} bytes are needed, {free:,} are free "
+            "on its filesystem",
+            target,
+        )
+
+
+def estimate_save_bytes(model: torch.nn.Module) -> int:
+    """About how many bytes ``model.save_pretrained`` needs: the adapter weights plus :data:`SAVE_MARGIN_BYTES`."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return SAVE_MARGIN_BYTES + sum(t.numel() * t.element_size() for name, t in tensors if _is_adapter_key(name))
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    return bool(result == 0)
+
+
+def save_adapter(model: Any, folder: str | os.PathLike[str]) -> Path:
+    """``model.save_pretrained(folder)`` so that ``folder`` holds the old adapter or the new one whenever the process
+    is killed: the adapter is written and synced beside it, then swapped in with one atomic rename."""
+    final = Path(folder)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.with_name(f"{TEMP_PREFIX}{final.name}")
+    shutil.rmtree(temp, ignore_errors=True)
+    model.save_pretrained(str(temp))
+    for path in sorted(p for p in temp.rglob("*") if p.is_file()):
+        _fsync_file(path)
+    fsync_dir(temp)
+    if final.exists() and _exchange(temp, final):
+        fsync_dir(final.parent)
+        shutil.rmtree(temp, ignore_errors=True)  # now the old adapter
+    else:
+        if final.exists():  # no atomic exchange here: a kill between these two renames leaves no adapter folder
+            trash = final.with_name(f"{TEMP_PREFIX}old-{final.name}")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+            os.replace(temp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(temp, final)
+        fsync_dir(final.parent)
+    return final

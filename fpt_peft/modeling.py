@@ -15,11 +15,11 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from .config import FPTConfig
 from .data.spec import TaskSpec
-from .discovery import discover, position_capacity
-from .model import hidden_size_of
 from .pretrained import DEFAULT_MODEL, resolve_model
+from .tuner.config import FPTConfig
+from .tuner.discovery import discover, position_capacity
+from .tuner.model import hidden_size_of
 
 logger = logging.getLogger("fpt_peft")
 

@@ -23,21 +23,24 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from huggingface_hub import HfApi
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import safe_io
 from .checkpoints import (
     CheckpointError,
     TrainingProgress,
+    check_writable,
     checkpoint_bytes,
     estimate_checkpoint_bytes,
+    estimate_save_bytes,
     fsync_dir,
     install_adapter_state_hooks,
     latest_checkpoint,
     list_checkpoints,
     remove_checkpoints,
+    save_adapter,
     save_checkpoint,
     set_aside,
     verify_checkpoint,
@@ -432,14 +435,14 @@ def _check_outputs(
     """
     checkpoints = output_dir / "checkpoints"
     one = estimate_checkpoint_bytes(model, accelerator.num_processes)
-    adapter = safe_io.estimate_save_bytes(model)
+    adapter = estimate_save_bytes(model)
     existing = sum(checkpoint_bytes(p) for p in list_checkpoints(checkpoints))
     needed = max(0, (args.keep_checkpoints + 1) * one - existing) + adapter
     error: OSError | None = None
     try:
-        safe_io.check_writable(output_dir, needed)
+        check_writable(output_dir, needed)
         for folder in (checkpoints, output_dir / "adapter"):  # either may exist already, with other permissions
-            safe_io.check_writable(folder)
+            check_writable(folder)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             hint = (
@@ -561,11 +564,17 @@ def _save_adapter(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         adapter = accelerator.unwrap_model(model)
-        adapter.save_pretrained(str(output_dir / "adapter"))
+        save_adapter(adapter, output_dir / "adapter")
         _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
         if repo:
-            adapter.push_to_hub(repo)
+            # upload_folder sends exactly what save_pretrained wrote, model card included (push_to_hub would
+            # replace the card with transformers' generic one).
+            api = HfApi()
+            repo = api.create_repo(repo, exist_ok=True).repo_id
+            api.upload_folder(
+                repo_id=repo, folder_path=str(output_dir / "adapter"), commit_message="Upload FPT adapter"
+            )
             accelerator.print(f"Pushed the adapter to https://huggingface.co/{repo}.")
     accelerator.wait_for_everyone()
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from huggingface_hub import HfApi
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -181,15 +182,20 @@ def test_latest_checkpoint_ignores_temporary_folders(tmp_path: Path) -> None:
 
 
 def test_trackers_and_push_to_hub(tiny: str, xor: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pushed: list[str] = []
-    monkeypatch.setattr(PeftModel, "push_to_hub", lambda self, repo, **kw: pushed.append(repo))
+    pushed: list[tuple[str, set[str]]] = []
+
+    def upload_folder(self: HfApi, repo_id: str, folder_path: str, **kwargs: object) -> None:  # the network boundary
+        pushed.append((repo_id, {p.name for p in Path(folder_path).iterdir()}))
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: type("Repo", (), {"repo_id": repo_id})())
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     # Accelerate fixes the precision once per process; reset its state around this bf16 run (as its own tests do).
     AcceleratorState._reset_state()
     try:
         run(xor, tiny, tmp_path, log_with="tensorboard", push_to_hub="me/fpt-xor", mixed_precision="bf16")
     finally:
         AcceleratorState._reset_state()
-    assert pushed == ["me/fpt-xor"]
+    assert pushed == [("me/fpt-xor", {"README.md", "adapter_config.json", "adapter_model.safetensors"})]
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
     assert (tmp_path / "adapter/adapter_config.json").exists() and (tmp_path / "metrics.json").exists()
 

@@ -1,0 +1,393 @@
+"""The layers an FPT adapter adds to a model.
+
+- :class:`FPTModuleLayer`: per adapter, a trainable copy of a small module (a norm, a positional embedding or, in
+  ablations, a block linear); the frozen original stays in ``base_layer``.
+- :class:`FPTParameterLayer`: the same for a positional embedding that is a bare parameter (ViT).
+- :class:`FPTInputLayer`: wraps the input embedding; per adapter a new ``Linear(input_dim, hidden)`` for continuous
+  tokens or a new ``Embedding(vocab, hidden)`` for symbols.
+- :class:`FPTOutputLayer`: per adapter a new ``Linear`` read from the last tokens of a backbone.
+
+Adapter weights live in attributes whose names start with ``fpt_``, so peft saves only them. Merging copies weights
+in place; the base weights a merge overwrites are kept to restore them on unmerge.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from torch import nn
+from torch.func import functional_call
+
+from .config import FPTConfig
+
+
+def _in_out_features(module: nn.Module) -> tuple[int | None, int | None]:
+    """peft's ``in_features``/``out_features`` of a wrapped module; (None, None) for modules without them (norms)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # peft warns about module types it does not know
+        return _get_in_out_features(module)  # type: ignore[no-any-return]
+
+
+class FPTLayer(BaseTunerLayer):
+    """Common base of FPT's layers: one active adapter at a time, requires_grad as the adapter's config says."""
+
+    def _init_layer(self, adapter_name: str) -> None:
+        self._active_adapter = adapter_name
+        self.merged_adapters: list[str] = []
+        self.frozen_peft_weight_names: dict[str, tuple[str, ...]] = {}
+
+    def _register(self, adapter_name: str, config: FPTConfig, trainable: bool = True) -> None:
+        """Book-keeping after ``adapter_name``'s weights were added: frozen by config, trainable only if active."""
+        if not trainable:
+            self.frozen_peft_weight_names[adapter_name] = self.adapter_layer_names
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def _active_here(self) -> str | None:
+        """The one active adapter with weights in this layer, or None (disabled, or none here)."""
+        if self._disable_adapters:
+            return None
+        container = getattr(self, self.adapter_layer_names[0])
+        present = [name for name in self.active_adapters if name in container]
+        if len(present) > 1:
+            raise ValueError(f"FPT runs one adapter at a time; {present} are active. Call set_adapter(name).")
+        return present[0] if present else None
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        # Adapter weights are created beside the base weights (or loaded with assign=True): nothing to move.
+        pass
+
+
+class _CopyMergeMixin(FPTLayer):
+    """merge/unmerge that copy the adapter's tensors into the base tensors in place (and back)."""
+
+    def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _base_tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Copy the adapter's weights into the base module; the base computes with them until :meth:`unmerge`."""
+        adapter_names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self._containers()]
+        if not adapter_names:
+            return
+        if len(adapter_names) > 1:
+            raise ValueError(f"FPT merges one adapter at a time; asked for {adapter_names}.")
+        if self.merged:
+            warnings.warn(f"Already merged with {self.merged_adapters}. Unmerging first.", stacklevel=2)
+            self.unmerge()
+        source = self._adapter_tensors(adapter_names[0])
+        if safe_merge and not all(torch.isfinite(t).all() for t in source.values()):
+            raise ValueError(f"Adapter {adapter_names[0]!r} holds non-finite weights; refusing to merge it.")
+        base = self._base_tensors()
+        self._originals = {name: tensor.detach().clone() for name, tensor in base.items()}
+        with torch.no_grad():
+            for name, tensor in base.items():
+                tensor.copy_(source[name])
+        self.merged_adapters.append(adapter_names[0])
+
+    def unmerge(self) -> None:
+        """Restore the base module's own weights."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        with torch.no_grad():
+            for name, tensor in self._base_tensors().items():
+                tensor.copy_(self._originals[name])
+        self._originals = {}
+        self.merged_adapters.pop()
+
+    def _containers(self) -> Any:
+        return getattr(self, self.adapter_layer_names[0])
+
+    def _module_for_forward(self) -> tuple[nn.Module, str | None]:
+        """(base layer, active adapter or None), unmerging first when adapters are disabled (as LoRA does)."""
+        if self._disable_adapters and self.merged:
+            self.unmerge()
+        active = None if self.merged else self._active_here()
+        return self.get_base_layer(), active
+
+
+class FPTModuleLayer(nn.Module, _CopyMergeMixin):
+    """Routes a module's forward through the active adapter's trainable copy of it."""
+
+    adapter_layer_names = ("fpt_copies",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: FPTConfig, on_meta: bool = False) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.fpt_copies = nn.ModuleDict({})
+        self._originals: dict[str, torch.Tensor] = {}
+        self._init_layer(adapter_name)
+        self.in_features, self.out_features = _in_out_features(base_layer)
+        self.update_layer(adapter_name, config, on_meta)
+
+    def update_layer(self, adapter_name: str, config: FPTConfig, on_meta: bool = False) -> None:
+        """Add ``adapter_name``'s copy of the base module (on the meta device for ``low_cpu_mem_usage``)."""
+        layer = copy.deepcopy(self.get_base_layer())
+        self.fpt_copies[adapter_name] = layer.to("meta") if on_meta else layer
+        self._register(adapter_name, config)
+
+    def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        return dict(self.fpt_copies[adapter_name].named_parameters())
+
+    def _base_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.get_base_layer().named_parameters())
+
+    def __getattr__(self, name: str) -> Any:
+        # Model code reads attributes of the modules it owns (e.g. `wpe.weight.dtype`, OPT's `offset`).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        base, active = self._module_for_forward()
+        return (base if active is None else self.fpt_copies[active])(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return "fpt." + super().__repr__()
+
+
+class FPTParameterLayer(nn.Module, _CopyMergeMixin):
+    """Runs a module with one of its parameters (e.g. ViT's position embeddings) replaced by the adapter's."""
+
+    adapter_layer_names = ("fpt_parameters",)
+
+    def __init__(
+        self, base_layer: nn.Module, parameter_name: str, adapter_name: str, config: FPTConfig, on_meta: bool = False
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.parameter_name = parameter_name
+        self.fpt_parameters = nn.ParameterDict({})
+        self._originals: dict[str, torch.Tensor] = {}
+        self._init_layer(adapter_name)
+        self.update_layer(adapter_name, config, on_meta)
+
+    def update_layer(self, adapter_name: str, config: FPTConfig, on_meta: bool = False) -> None:
+        """Add ``adapter_name``'s copy of the parameter."""
+        original = getattr(self.get_base_layer(), self.parameter_name)
+        value = torch.empty_like(original, device="meta") if on_meta else original.detach().clone()
+        self.fpt_parameters[adapter_name] = nn.Parameter(value)
+        self._register(adapter_name, config)
+
+    def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        return {self.parameter_name: self.fpt_parameters[adapter_name]}
+
+    def _base_tensors(self) -> dict[str, torch.Tensor]:
+        return {self.parameter_name: getattr(self.get_base_layer(), self.parameter_name)}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        base, active = self._module_for_forward()
+        if active is None:
+            return base(*args, **kwargs)
+        return functional_call(base, {self.parameter_name: self.fpt_parameters[active]}, args, kwargs)
+
+    def __repr__(self) -> str:
+        return "fpt." + super().__repr__()
+
+
+class FPTInputLayer(nn.Module, FPTLayer):
+    """Wraps the input embedding; adds a new input layer (continuous or symbolic) per adapter.
+
+    Symbols pass through ``forward(input_ids)`` (the model calls its input embedding as usual); continuous tokens are
+    mapped by :meth:`embed_features`, which the tuner's forward pre-hook applies to the call's ``inputs_embeds``.
+    Merging keeps the new layer in use (a base model has no place for it); ``merge_and_unload`` of a symbolic adapter
+    puts the new vocabulary in place of the base embedding.
+    """
+
+    adapter_layer_names = ("fpt_input",)
+
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config: FPTConfig, hidden_size: int, on_meta: bool = False
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.hidden_size = hidden_size
+        self.fpt_input = nn.ModuleDict({})
+        self._init_layer(adapter_name)
+        self.in_features, self.out_features = _in_out_features(base_layer)
+        self.update_layer(adapter_name, config, on_meta)
+
+    def update_layer(self, adapter_name: str, config: FPTConfig, on_meta: bool = False) -> None:
+        """Create ``adapter_name``'s input layer as its config asks (nothing if it asks for none)."""
+        base_weight: torch.Tensor | None = getattr(self.get_base_layer(), "weight", None)
+        device = "meta" if on_meta else (base_weight.device if base_weight is not None else None)
+        layer: nn.Module
+        if config.input_dim is not None:
+            layer = nn.Linear(config.input_dim, self.hidden_size, device=device)
+            if not on_meta:
+                nn.init.orthogonal_(layer.weight, gain=config.input_init_gain)
+                nn.init.zeros_(layer.bias)
+        elif config.input_vocab_size is not None:
+            layer = nn.Embedding(config.input_vocab_size, self.hidden_size, device=device)
+            if not on_meta:  # start at the scale of the pretrained token embeddings
+                std = float(base_weight.float().std()) if base_weight is not None else 0.02
+                nn.init.normal_(layer.weight, std=std)
+        else:
+            return
+        dtype = self._base_dtype()
+        self.fpt_input[adapter_name] = layer if dtype is None else layer.to(dtype)  # peft's autocast may up-cast it
+        self._register(adapter_name, config, trainable=config.train_input)
+
+    def _base_dtype(self) -> torch.dtype | None:
+        weight = getattr(self.get_base_layer(), "weight", None)
+        return weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else None
+
+    def _active_layer(self) -> nn.Module | None:
+        active = self._active_here()
+        return None if active is None else self.fpt_input[active]
+
+    def forward(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        layer = self._active_layer()
+        if layer is None:
+            return self.base_layer(input_ids, *args, **kwargs)  # type: ignore[no-any-return]
+        if isinstance(layer, nn.Linear):
+            raise ValueError(
+                f"The active FPT adapter takes continuous inputs: pass inputs_embeds of shape (batch, tokens, "
+                f"{layer.in_features}), not input_ids."
+            )
+        assert isinstance(layer, nn.Embedding)
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must be integer ids of shape (batch, tokens); got {input_ids.dtype} of shape "
+                f"{tuple(input_ids.shape)}."
+            )
+        if input_ids.numel():
+            low, high = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())  # one host read
+            if high >= layer.num_embeddings or low < 0:
+                raise ValueError(
+                    f"input_ids must lie in [0, input_vocab_size={layer.num_embeddings}); got values in "
+                    f"[{low}, {high}]."
+                )
+        out = layer(input_ids)
+        dtype = self._base_dtype()
+        return out if dtype is None else out.to(dtype)
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Map continuous tokens (batch, tokens, input_dim) to the model width with the active input layer."""
+        layer = self._active_layer()
+        if not isinstance(layer, nn.Linear):
+            return features
+        if features.dim() != 3 or features.shape[-1] != layer.in_features:
+            raise ValueError(
+                f"inputs_embeds must have shape (batch, tokens, input_dim={layer.in_features}); got "
+                f"{tuple(features.shape)}."
+            )
+        out = layer(features.to(layer.weight.dtype))
+        dtype = self._base_dtype()
+        return out if dtype is None or torch.is_autocast_enabled(out.device.type) else out.to(dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """The new input layer stays in use while merged (the base embedding cannot hold it)."""
+        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self.fpt_input]
+        if safe_merge and any(not torch.isfinite(p).all() for a in names for p in self.fpt_input[a].parameters()):
+            raise ValueError(f"Adapter(s) {names} hold non-finite input-layer weights; refusing to merge.")
+        self.merged_adapters.extend(names)
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge` (book-keeping only)."""
+        self.merged_adapters.clear()
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
+    ) -> nn.Module:
+        """The module that replaces this wrapper on unload: the new vocabulary when merging a symbolic adapter."""
+        names = [a for a in (adapter_names or self.active_adapters) if a in self.fpt_input]
+        if not merge or not names:
+            return self.get_base_layer()
+        layer = self.fpt_input[names[0]]
+        if not isinstance(layer, nn.Embedding):
+            raise ValueError("A continuous FPT input layer cannot be merged into a base model.")
+        if safe_merge and not torch.isfinite(layer.weight).all():
+            raise ValueError(f"Adapter {names[0]!r} holds non-finite input-layer weights; refusing to merge.")
+        merged = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx)
+        weight = layer.weight.detach()
+        merged.weight = nn.Parameter(weight.to(self._base_dtype() or weight.dtype).clone(), requires_grad=False)
+        return merged
+
+    def __repr__(self) -> str:
+        return "fpt." + super().__repr__()
+
+
+class FPTOutputLayer(nn.Module, FPTLayer):
+    """A new output layer per adapter, read from the last (non-padding) tokens of a backbone's final hidden states."""
+
+    adapter_layer_names = ("fpt_output",)
+    other_param_names = ("output_shapes",)
+
+    def __init__(
+        self, adapter_name: str, config: FPTConfig, hidden_size: int, reference: torch.Tensor, on_meta: bool = False
+    ) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.fpt_output = nn.ModuleDict({})
+        self.output_shapes: dict[str, tuple[int, int, int]] = {}
+        self._init_layer(adapter_name)
+        self.in_features: int | None = hidden_size
+        self.out_features: int | None = None
+        self.update_layer(adapter_name, config, reference, on_meta)
+
+    def update_layer(
+        self, adapter_name: str, config: FPTConfig, reference: torch.Tensor, on_meta: bool = False
+    ) -> None:
+        """Create ``adapter_name``'s output layer (nothing if its config has no ``output_dim``) on the device and in
+        the dtype of ``reference``, a weight where the last hidden state is computed."""
+        if config.output_dim is None:
+            return
+        width = config.output_dim * config.values_per_token
+        device = "meta" if on_meta else reference.device
+        self.fpt_output[adapter_name] = nn.Linear(self.hidden_size, width, device=device, dtype=reference.dtype)
+        self.output_shapes[adapter_name] = (config.output_tokens, config.values_per_token, config.output_dim)
+        self._register(adapter_name, config, trainable=config.train_output)
+
+    def active_name(self) -> str | None:
+        """The active adapter if it has an output layer here."""
+        return self._active_here()
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        name = self.active_name()
+        if name is None:
+            raise RuntimeError("No active FPT output layer.")
+        tokens, values, classes = self.output_shapes[name]
+        if hidden.shape[1] < tokens:
+            raise ValueError(f"The output layer reads the last {tokens} tokens; the input has {hidden.shape[1]}.")
+        if attention_mask is not None and attention_mask.dim() == 2:
+            # The last real tokens of each row (right padding); gathering always avoids a data-dependent branch.
+            mask = attention_mask.to(hidden.device)
+            last = mask.shape[1] - 1 - mask.flip(1).to(torch.int64).argmax(1)
+            index = last[:, None] - torch.arange(tokens - 1, -1, -1, device=hidden.device)[None, :]
+            picked = hidden.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+        else:
+            picked = hidden[:, -tokens:]
+        layer = self.fpt_output[name]
+        assert isinstance(layer, nn.Linear)
+        logits = layer(picked.to(device=layer.weight.device, dtype=layer.weight.dtype))
+        logits = logits.reshape(hidden.shape[0], tokens * values, classes)
+        return logits[:, 0] if tokens * values == 1 else logits
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """The output layer stays in use while merged (a backbone has no place for it)."""
+        self.merged_adapters.extend(a for a in check_adapters_to_merge(self, adapter_names) if a in self.fpt_output)
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge` (book-keeping only)."""
+        self.merged_adapters.clear()
+
+    def __repr__(self) -> str:
+        return "fpt." + super().__repr__()
