@@ -117,25 +117,37 @@ def test_load_by_hub_repo_id_from_offline_cache(adapter, tmp_path: Path, monkeyp
     assert torch.equal(model(inputs_embeds=PATCHES).logits, logits)
 
 
-def test_push_to_hub_uploads_what_save_pretrained_writes(adapter, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uploading_a_saved_adapter_sends_exactly_its_files(adapter, monkeypatch: pytest.MonkeyPatch) -> None:
     base_dir, out, _ = adapter
-    uploaded: dict[str, bytes] = {}
+    uploads: list[dict[str, bytes]] = []
 
     def fake_create_commit(self, repo_id, operations, **kwargs):  # the network boundary only
         assert repo_id == "someone/fpt-tiny"
+        files = {}
         for op in operations:
             data = op.path_or_fileobj
-            uploaded[op.path_in_repo] = Path(data).read_bytes() if isinstance(data, (str, Path)) else data.read()
-        return None
+            files[op.path_in_repo] = Path(data).read_bytes() if isinstance(data, (str, Path)) else data.read()
+        uploads.append(files)
 
     monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: type("Repo", (), {"repo_id": repo_id})())
+    monkeypatch.setattr(HfApi, "_validate_yaml", lambda self, content, **kw: None)  # a Hub call too
+    monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)  # one commit, through the fake
+    # What the recipes do: upload the folder save_pretrained wrote (model card with the loading note included).
+    HfApi().upload_folder(repo_id="someone/fpt-tiny", folder_path=str(out))
+    files = uploads[-1]
+    assert set(files) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    assert b"import fpt_peft" in files["README.md"]
+    assert json.loads(files["adapter_config.json"])["peft_type"] == "FPT"
+    assert files["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
+    # peft's own push_to_hub works too; transformers puts its generic model card in place of ours.
     model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base_dir), out)
     model.push_to_hub("someone/fpt-tiny", token="x")
-    assert set(uploaded) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
-    assert b"import fpt_peft" in uploaded["README.md"]
-    assert json.loads(uploaded["adapter_config.json"])["peft_type"] == "FPT"
-    assert uploaded["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
+    pushed = uploads[-1]
+    assert pushed["adapter_model.safetensors"] == files["adapter_model.safetensors"]
+    assert json.loads(pushed["adapter_config.json"])["weights_sha256"] == json.loads(files["adapter_config.json"])[
+        "weights_sha256"
+    ]
 
 
 def test_symbolic_backbone_adapter_with_fpt_head_round_trips(save_tiny, tmp_path: Path) -> None:
