@@ -32,13 +32,23 @@ def _in_out_features(module: nn.Module) -> tuple[int | None, int | None]:
         return _get_in_out_features(module)  # type: ignore[no-any-return]
 
 
-class FPTLayer(BaseTunerLayer):
-    """Common base of FPT's layers: one active adapter at a time, requires_grad as the adapter's config says."""
+class FPTLayer(nn.Module, BaseTunerLayer):
+    """Common base of FPT's layers: one active adapter at a time, requires_grad as the adapter's config says.
 
-    def _init_layer(self, adapter_name: str) -> None:
+    Merging keeps a layer with no counterpart in the base model in use (book-keeping only); :class:`_CopyLayer`
+    overrides it to copy weights into the base module.
+    """
+
+    def __init__(self, base_layer: nn.Module | None, adapter_name: str) -> None:
+        super().__init__()
+        if base_layer is not None:
+            self.base_layer = base_layer
         self._active_adapter = adapter_name
         self.merged_adapters: list[str] = []
         self.frozen_peft_weight_names: dict[str, tuple[str, ...]] = {}
+        features = _in_out_features(base_layer) if base_layer is not None else (None, None)
+        self.in_features: int | None = features[0]
+        self.out_features: int | None = features[1]
 
     def _register(self, adapter_name: str, config: FPTConfig, trainable: bool = True) -> None:
         """Book-keeping after ``adapter_name``'s weights were added: frozen by config, trainable only if active."""
@@ -46,23 +56,52 @@ class FPTLayer(BaseTunerLayer):
             self.frozen_peft_weight_names[adapter_name] = self.adapter_layer_names
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
+    def _adapters(self) -> Any:
+        return getattr(self, self.adapter_layer_names[0])
+
     def _active_here(self) -> str | None:
         """The one active adapter with weights in this layer, or None (disabled, or none here)."""
         if self._disable_adapters:
             return None
-        container = getattr(self, self.adapter_layer_names[0])
-        present = [name for name in self.active_adapters if name in container]
+        present = [name for name in self.active_adapters if name in self._adapters()]
         if len(present) > 1:
             raise ValueError(f"FPT runs one adapter at a time; {present} are active. Call set_adapter(name).")
         return present[0] if present else None
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
-        # Adapter weights are created beside the base weights (or loaded with assign=True): nothing to move.
-        pass
+        pass  # adapter weights are created beside the base weights, or loaded in place (assign=True)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Mark the adapter merged; its new layer stays in use (a base model has no place for it)."""
+        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self._adapters()]
+        if safe_merge and any(not torch.isfinite(p).all() for a in names for p in self._adapters()[a].parameters()):
+            raise ValueError(f"Adapter(s) {names} hold non-finite weights; refusing to merge.")
+        self.merged_adapters.extend(names)
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge`."""
+        self.merged_adapters.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        # Model code reads attributes of the modules it owns (e.g. `wpe.weight.dtype`, OPT's `offset`).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer" or "base_layer" not in self._modules:
+                raise
+            return getattr(self._modules["base_layer"], name)
+
+    def __repr__(self) -> str:
+        return "fpt." + super().__repr__()
 
 
-class _CopyMergeMixin(FPTLayer):
-    """merge/unmerge that copy the adapter's tensors into the base tensors in place (and back)."""
+class _CopyLayer(FPTLayer):
+    """A layer whose adapter holds copies of base tensors: merge copies them into the base in place, unmerge restores
+    the base's own values (kept aside while merged)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str) -> None:
+        super().__init__(base_layer, adapter_name)
+        self._originals: dict[str, torch.Tensor] = {}
 
     def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -72,23 +111,23 @@ class _CopyMergeMixin(FPTLayer):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Copy the adapter's weights into the base module; the base computes with them until :meth:`unmerge`."""
-        adapter_names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self._containers()]
-        if not adapter_names:
+        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self._adapters()]
+        if not names:
             return
-        if len(adapter_names) > 1:
-            raise ValueError(f"FPT merges one adapter at a time; asked for {adapter_names}.")
+        if len(names) > 1:
+            raise ValueError(f"FPT merges one adapter at a time; asked for {names}.")
         if self.merged:
             warnings.warn(f"Already merged with {self.merged_adapters}. Unmerging first.", stacklevel=2)
             self.unmerge()
-        source = self._adapter_tensors(adapter_names[0])
+        source = self._adapter_tensors(names[0])
         if safe_merge and not all(torch.isfinite(t).all() for t in source.values()):
-            raise ValueError(f"Adapter {adapter_names[0]!r} holds non-finite weights; refusing to merge it.")
+            raise ValueError(f"Adapter {names[0]!r} holds non-finite weights; refusing to merge it.")
         base = self._base_tensors()
         self._originals = {name: tensor.detach().clone() for name, tensor in base.items()}
         with torch.no_grad():
             for name, tensor in base.items():
                 tensor.copy_(source[name])
-        self.merged_adapters.append(adapter_names[0])
+        self.merged_adapters.append(names[0])
 
     def unmerge(self) -> None:
         """Restore the base module's own weights."""
@@ -101,29 +140,21 @@ class _CopyMergeMixin(FPTLayer):
         self._originals = {}
         self.merged_adapters.pop()
 
-    def _containers(self) -> Any:
-        return getattr(self, self.adapter_layer_names[0])
-
-    def _module_for_forward(self) -> tuple[nn.Module, str | None]:
-        """(base layer, active adapter or None), unmerging first when adapters are disabled (as LoRA does)."""
+    def _active_for_forward(self) -> str | None:
+        """The adapter to compute with, or None for the base; disabling a merged adapter unmerges it (as LoRA)."""
         if self._disable_adapters and self.merged:
             self.unmerge()
-        active = None if self.merged else self._active_here()
-        return self.get_base_layer(), active
+        return None if self.merged else self._active_here()
 
 
-class FPTModuleLayer(nn.Module, _CopyMergeMixin):
+class FPTModuleLayer(_CopyLayer):
     """Routes a module's forward through the active adapter's trainable copy of it."""
 
     adapter_layer_names = ("fpt_copies",)
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: FPTConfig, on_meta: bool = False) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer, adapter_name)
         self.fpt_copies = nn.ModuleDict({})
-        self._originals: dict[str, torch.Tensor] = {}
-        self._init_layer(adapter_name)
-        self.in_features, self.out_features = _in_out_features(base_layer)
         self.update_layer(adapter_name, config, on_meta)
 
     def update_layer(self, adapter_name: str, config: FPTConfig, on_meta: bool = False) -> None:
@@ -138,24 +169,12 @@ class FPTModuleLayer(nn.Module, _CopyMergeMixin):
     def _base_tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.get_base_layer().named_parameters())
 
-    def __getattr__(self, name: str) -> Any:
-        # Model code reads attributes of the modules it owns (e.g. `wpe.weight.dtype`, OPT's `offset`).
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        base, active = self._module_for_forward()
-        return (base if active is None else self.fpt_copies[active])(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return "fpt." + super().__repr__()
+        active = self._active_for_forward()
+        return (self.base_layer if active is None else self.fpt_copies[active])(*args, **kwargs)
 
 
-class FPTParameterLayer(nn.Module, _CopyMergeMixin):
+class FPTParameterLayer(_CopyLayer):
     """Runs a module with one of its parameters (e.g. ViT's position embeddings) replaced by the adapter's."""
 
     adapter_layer_names = ("fpt_parameters",)
@@ -163,12 +182,9 @@ class FPTParameterLayer(nn.Module, _CopyMergeMixin):
     def __init__(
         self, base_layer: nn.Module, parameter_name: str, adapter_name: str, config: FPTConfig, on_meta: bool = False
     ) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer, adapter_name)
         self.parameter_name = parameter_name
         self.fpt_parameters = nn.ParameterDict({})
-        self._originals: dict[str, torch.Tensor] = {}
-        self._init_layer(adapter_name)
         self.update_layer(adapter_name, config, on_meta)
 
     def update_layer(self, adapter_name: str, config: FPTConfig, on_meta: bool = False) -> None:
@@ -184,25 +200,14 @@ class FPTParameterLayer(nn.Module, _CopyMergeMixin):
     def _base_tensors(self) -> dict[str, torch.Tensor]:
         return {self.parameter_name: getattr(self.get_base_layer(), self.parameter_name)}
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        base, active = self._module_for_forward()
+        active = self._active_for_forward()
         if active is None:
-            return base(*args, **kwargs)
-        return functional_call(base, {self.parameter_name: self.fpt_parameters[active]}, args, kwargs)
-
-    def __repr__(self) -> str:
-        return "fpt." + super().__repr__()
+            return self.base_layer(*args, **kwargs)
+        return functional_call(self.base_layer, {self.parameter_name: self.fpt_parameters[active]}, args, kwargs)
 
 
-class FPTInputLayer(nn.Module, FPTLayer):
+class FPTInputLayer(FPTLayer):
     """Wraps the input embedding; adds a new input layer (continuous or symbolic) per adapter.
 
     Symbols pass through ``forward(input_ids)`` (the model calls its input embedding as usual); continuous tokens are
@@ -216,12 +221,9 @@ class FPTInputLayer(nn.Module, FPTLayer):
     def __init__(
         self, base_layer: nn.Module, adapter_name: str, config: FPTConfig, hidden_size: int, on_meta: bool = False
     ) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer, adapter_name)
         self.hidden_size = hidden_size
         self.fpt_input = nn.ModuleDict({})
-        self._init_layer(adapter_name)
-        self.in_features, self.out_features = _in_out_features(base_layer)
         self.update_layer(adapter_name, config, on_meta)
 
     def update_layer(self, adapter_name: str, config: FPTConfig, on_meta: bool = False) -> None:
@@ -293,17 +295,6 @@ class FPTInputLayer(nn.Module, FPTLayer):
         dtype = self._base_dtype()
         return out if dtype is None or torch.is_autocast_enabled(out.device.type) else out.to(dtype)
 
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """The new input layer stays in use while merged (the base embedding cannot hold it)."""
-        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self.fpt_input]
-        if safe_merge and any(not torch.isfinite(p).all() for a in names for p in self.fpt_input[a].parameters()):
-            raise ValueError(f"Adapter(s) {names} hold non-finite input-layer weights; refusing to merge.")
-        self.merged_adapters.extend(names)
-
-    def unmerge(self) -> None:
-        """Undo :meth:`merge` (book-keeping only)."""
-        self.merged_adapters.clear()
-
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
     ) -> nn.Module:
@@ -321,11 +312,8 @@ class FPTInputLayer(nn.Module, FPTLayer):
         merged.weight = nn.Parameter(weight.to(self._base_dtype() or weight.dtype).clone(), requires_grad=False)
         return merged
 
-    def __repr__(self) -> str:
-        return "fpt." + super().__repr__()
 
-
-class FPTOutputLayer(nn.Module, FPTLayer):
+class FPTOutputLayer(FPTLayer):
     """A new output layer per adapter, read from the last (non-padding) tokens of a backbone's final hidden states."""
 
     adapter_layer_names = ("fpt_output",)
@@ -334,13 +322,10 @@ class FPTOutputLayer(nn.Module, FPTLayer):
     def __init__(
         self, adapter_name: str, config: FPTConfig, hidden_size: int, reference: torch.Tensor, on_meta: bool = False
     ) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
+        super().__init__(None, adapter_name)
+        self.hidden_size = self.in_features = hidden_size
         self.fpt_output = nn.ModuleDict({})
         self.output_shapes: dict[str, tuple[int, int, int]] = {}
-        self._init_layer(adapter_name)
-        self.in_features: int | None = hidden_size
-        self.out_features: int | None = None
         self.update_layer(adapter_name, config, reference, on_meta)
 
     def update_layer(
@@ -380,14 +365,3 @@ class FPTOutputLayer(nn.Module, FPTLayer):
         logits = layer(picked.to(device=layer.weight.device, dtype=layer.weight.dtype))
         logits = logits.reshape(hidden.shape[0], tokens * values, classes)
         return logits[:, 0] if tokens * values == 1 else logits
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """The output layer stays in use while merged (a backbone has no place for it)."""
-        self.merged_adapters.extend(a for a in check_adapters_to_merge(self, adapter_names) if a in self.fpt_output)
-
-    def unmerge(self) -> None:
-        """Undo :meth:`merge` (book-keeping only)."""
-        self.merged_adapters.clear()
-
-    def __repr__(self) -> str:
-        return "fpt." + super().__repr__()
