@@ -301,3 +301,15 @@ def test_import_registers_three_tables_only() -> None:
     assert mapping.PEFT_TYPE_TO_CONFIG_MAPPING["FPT"] is FPTConfig
     assert mapping.PEFT_TYPE_TO_TUNER_MAPPING["FPT"] is fpt_peft.FPTModel
     assert mapping.PEFT_TYPE_TO_PREFIX_MAPPING["FPT"] == "fpt_"
+
+
+def test_transformers_load_adapter_path_computes_the_head_and_loss(tmp_path: Path) -> None:
+    model = get_peft_model(_backbone(), FPTConfig(input_dim=5, output_dim=3)).eval()
+    _perturb(model)
+    labels = torch.tensor([0, 1, 2, 0])
+    expected = model(inputs_embeds=FEATURES, labels=labels)
+    model.save_pretrained(tmp_path)
+    plain = _backbone().eval()
+    plain.load_adapter(str(tmp_path))  # transformers' own API: no PeftModel, no tuner forward
+    out = plain(inputs_embeds=FEATURES, labels=labels)
+    assert torch.allclose(out.logits, expected.logits, atol=1e-6) and torch.allclose(out.loss, expected.loss)
