@@ -295,6 +295,22 @@ def test_config_conventions_match_peft(tmp_path: Path) -> None:
     assert str(ours.value) == str(peft_own.value)
 
 
+def test_from_pretrained_keeps_a_complete_config_object(tmp_path: Path) -> None:
+    get_peft_model(_backbone(), FPTConfig(input_dim=5, output_dim=3)).save_pretrained(tmp_path)
+    config = FPTConfig.from_pretrained(str(tmp_path))
+    loaded = PeftModel.from_pretrained(_backbone(), tmp_path, config=config, is_trainable=False)
+    assert loaded.peft_config["default"] is config and config.inference_mode
+
+
+def test_model_status_names_the_method() -> None:
+    from peft import get_model_status
+
+    model = get_peft_model(_backbone(), FPTConfig(input_dim=5, output_dim=3))
+    status = get_model_status(model)
+    assert status.peft_types == {"default": "FPT"} and status.active_adapters == ["default"]
+    assert status.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def test_import_registers_three_tables_only() -> None:
     from peft import mapping
 

@@ -52,9 +52,6 @@ class FPTPeftType(str, enum.Enum):
 
     FPT = "FPT"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 @dataclass
 class FPTConfig(PeftConfig):
@@ -133,9 +130,7 @@ class FPTConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # peft's own checks first (task type), with peft's messages
-        if self.peft_type is not None and self.peft_type != FPTPeftType.FPT:
-            raise ValueError(f"FPTConfig.peft_type must be 'FPT', got {self.peft_type!r}.")
-        self.peft_type = FPTPeftType.FPT  # type: ignore[assignment]
+        self.peft_type = FPTPeftType.FPT  # type: ignore[assignment]  # as peft's configs do, whatever was passed
         self._validate()
         if self.input_vocab_size is not None and self.pad_token_id is None:
             self.pad_token_id = 0

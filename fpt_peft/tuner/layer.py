@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -30,6 +31,12 @@ def _in_out_features(module: nn.Module) -> tuple[int | None, int | None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # peft warns about module types it does not know
         return _get_in_out_features(module)  # type: ignore[no-any-return]
+
+
+def _check_finite(adapter_name: str, tensors: Iterable[torch.Tensor]) -> None:
+    """``safe_merge``: refuse non-finite weights, with peft's own message."""
+    if not all(torch.isfinite(t).all() for t in tensors):
+        raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter_name} seems to be broken")
 
 
 class FPTLayer(nn.Module, BaseTunerLayer):
@@ -74,8 +81,8 @@ class FPTLayer(nn.Module, BaseTunerLayer):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Mark the adapter merged; its new layer stays in use (a base model has no place for it)."""
         names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self._adapters()]
-        if safe_merge and any(not torch.isfinite(p).all() for a in names for p in self._adapters()[a].parameters()):
-            raise ValueError(f"Adapter(s) {names} hold non-finite weights; refusing to merge.")
+        for name in names if safe_merge else []:
+            _check_finite(name, self._adapters()[name].parameters())
         self.merged_adapters.extend(names)
 
     def unmerge(self) -> None:
@@ -120,8 +127,8 @@ class _CopyLayer(FPTLayer):
             warnings.warn(f"Already merged with {self.merged_adapters}. Unmerging first.", stacklevel=2)
             self.unmerge()
         source = self._adapter_tensors(names[0])
-        if safe_merge and not all(torch.isfinite(t).all() for t in source.values()):
-            raise ValueError(f"Adapter {names[0]!r} holds non-finite weights; refusing to merge it.")
+        if safe_merge:
+            _check_finite(names[0], source.values())
         base = self._base_tensors()
         self._originals = {name: tensor.detach().clone() for name, tensor in base.items()}
         with torch.no_grad():
@@ -305,8 +312,8 @@ class FPTInputLayer(FPTLayer):
         layer = self.fpt_input[names[0]]
         if not isinstance(layer, nn.Embedding):
             raise ValueError("A continuous FPT input layer cannot be merged into a base model.")
-        if safe_merge and not torch.isfinite(layer.weight).all():
-            raise ValueError(f"Adapter {names[0]!r} holds non-finite input-layer weights; refusing to merge.")
+        if safe_merge:
+            _check_finite(names[0], [layer.weight])
         merged = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx)
         weight = layer.weight.detach()
         merged.weight = nn.Parameter(weight.to(self._base_dtype() or weight.dtype).clone(), requires_grad=False)

@@ -78,8 +78,11 @@ class FPTModel(BaseTuner):
     _on_meta = False  # low_cpu_mem_usage of the injection in progress
 
     # ------------------------------------------------------------------ configuration
-    def _prepare_adapter_config(self, peft_config: FPTConfig, model_config: dict) -> FPTConfig:  # type: ignore[override]
+    def _prepare_adapter_config(self, given: FPTConfig, model_config: dict) -> FPTConfig:  # type: ignore[override]
+        """Check the model and resolve targets on a copy of ``given``, which replaces it when anything was filled in
+        (a config saved with an adapter is complete, and stays the very object passed, as peft keeps it)."""
         model = self.model
+        peft_config = copy.deepcopy(given)
         hidden = hidden_size_of(model)
         model_type = model_config.get("model_type")
         if hidden is None and (peft_config.has_new_layers or peft_config.input_vocab_size):
@@ -114,6 +117,11 @@ class FPTModel(BaseTuner):
                     f"FPTConfig.position_parameters names {qualified!r}, which is not a parameter of "
                     f"{type(model).__name__}."
                 )
+        if peft_config == given:
+            return given
+        for name, config in list(self.peft_config.items()):
+            if config is given:
+                self.peft_config[name] = peft_config
         return peft_config
 
     def _resolve_targets(self, config: FPTConfig) -> None:
@@ -179,7 +187,6 @@ class FPTModel(BaseTuner):
 
         The adapter works on its own copy of the config: the object the caller passed is never changed.
         """
-        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
         self._on_meta = low_cpu_mem_usage
         try:
             super().inject_adapter(
