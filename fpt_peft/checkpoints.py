@@ -29,12 +29,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Iterable
@@ -386,20 +388,24 @@ def install_adapter_state_hooks(accelerator: Accelerator) -> None:
 SAVE_MARGIN_BYTES = 64 * 1024  # config, model card and filesystem blocks on top of the adapter weights
 
 
-def check_writable(path: str | os.PathLike[str], needed_bytes: int = 0) -> None:
-    """Raise a clear ``OSError`` naming ``path`` unless ``needed_bytes`` can be written there.
+def check_writable(
+    path: str | os.PathLike[str], needed_bytes: int = 0, *, saving: str | os.PathLike[str] | None = None
+) -> None:
+    """Raise a clear ``OSError`` naming ``path`` (or ``saving``, what will be saved there) unless ``needed_bytes`` can
+    be written there.
 
     ``path`` may not exist yet; its nearest existing ancestor must be a directory in which a file can really be
     created (a probe file is created and removed: permission bits say nothing for root or read-only mounts), and its
     filesystem must have ``needed_bytes`` free. Call it before long work whose result will be saved there.
     """
     target = os.path.abspath(os.fspath(path))
+    shown = os.path.abspath(os.fspath(saving)) if saving is not None else target
     existing = target
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise NotADirectoryError(
-            errno.ENOTDIR, f"Cannot save to {target!r}: {existing!r} is a file, not a directory", target
+            errno.ENOTDIR, f"Cannot save to {shown!r}: {existing!r} is a file, not a directory", shown
         )
     try:
         fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe-", dir=existing)
@@ -407,15 +413,15 @@ def check_writable(path: str | os.PathLike[str], needed_bytes: int = 0) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise OSError(
-            exc.errno, f"Cannot save to {target!r}: {existing!r} is not writable ({exc.strerror or exc})", target
+            exc.errno, f"Cannot save to {shown!r}: {existing!r} is not writable ({exc.strerror or exc})", shown
         ) from exc
     free = shutil.disk_usage(existing).free
     if needed_bytes > free:
         raise OSError(
             errno.ENOSPC,
-            f"Not enough space to save to {target!r}: about {needed_bytes:,} bytes are needed, {free:,} are free "
+            f"Not enough space to save to {shown!r}: about {needed_bytes:,} bytes are needed, {free:,} are free "
             "on its filesystem",
-            target,
+            shown,
         )
 
 
@@ -438,26 +444,78 @@ def _exchange(first: Path, second: Path) -> bool:
 
 def save_adapter(model: Any, folder: str | os.PathLike[str]) -> Path:
     """``model.save_pretrained(folder)`` so that ``folder`` holds the old adapter or the new one whenever the process
-    is killed: the adapter is written and synced beside it, then swapped in with one atomic rename."""
-    final = Path(folder)
+    is killed, also with several writers at once: each save is written and synced into its own folder beside it, then
+    swapped in with one atomic rename (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, between which
+    a kill leaves no folder). A save that fails (no space, no permission) raises an ``OSError`` naming ``folder`` and
+    leaves the adapter saved there before as it was.
+    """
+    final = Path(folder).absolute()
+    check_writable(final.parent, estimate_save_bytes(model), saving=final)  # ``final`` itself may be swapped meanwhile
     final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.with_name(f"{TEMP_PREFIX}{final.name}")
-    shutil.rmtree(temp, ignore_errors=True)
-    model.save_pretrained(str(temp))
-    for path in sorted(p for p in temp.rglob("*") if p.is_file()):
-        _fsync_file(path)
-    fsync_dir(temp)
-    if final.exists() and _exchange(temp, final):
-        fsync_dir(final.parent)
-        shutil.rmtree(temp, ignore_errors=True)  # now the old adapter
-    else:
-        if final.exists():  # no atomic exchange here: a kill between these two renames leaves no adapter folder
-            trash = final.with_name(f"{TEMP_PREFIX}old-{final.name}")
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(final, trash)
-            os.replace(temp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(temp, final)
-        fsync_dir(final.parent)
+    _remove_dead_saves(final)
+    temp = Path(tempfile.mkdtemp(prefix=f"{_save_prefix(final)}{os.getpid()}-", dir=final.parent))
+    try:
+        model.save_pretrained(str(temp))
+        mask = os.umask(0)
+        os.umask(mask)
+        for path in sorted(temp.rglob("*")):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)  # safetensors writes 0600; mkdtemp 0700
+            if path.is_file():
+                _fsync_file(path)
+        os.chmod(temp, 0o777 & ~mask)
+        fsync_dir(temp)
+        _swap_in(temp, final)
+    except Exception as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        code = getattr(exc, "errno", None) or (errno.ENOSPC if "No space left" in str(exc) else errno.EIO)
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise OSError(
+            code,
+            f"Saving the adapter to {str(final)!r} failed ({reason}); the adapter saved there before is unchanged",
+        ) from exc
     return final
+
+
+def _save_prefix(final: Path) -> str:
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    return f"{TEMP_PREFIX}{final.name}-{host}-"
+
+
+def _remove_dead_saves(final: Path) -> None:
+    """Remove the folders that saves of ``final`` by processes of this host that have died left beside it."""
+    prefix = _save_prefix(final)
+    for entry in final.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = entry.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _swap_in(temp: Path, final: Path) -> None:
+    """Put the complete folder ``temp`` at ``final`` atomically; ``temp`` is gone afterwards."""
+    for _ in range(100):  # another writer may create or swap ``final`` between two of these calls
+        if _exchange(temp, final):
+            fsync_dir(final.parent)
+            shutil.rmtree(temp, ignore_errors=True)  # now the adapter that was there before
+            return
+        try:
+            if final.exists():  # no atomic exchange on this system
+                trash = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}old-{final.name}-", dir=final.parent))
+                os.replace(final, trash / final.name)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.rename(temp, final)
+            fsync_dir(final.parent)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                raise
+    raise OSError(errno.EBUSY, f"{str(final)!r} kept changing under concurrent saves")

@@ -2,12 +2,15 @@
 
 Run as ``python -m tests.adapter_io_worker SCENARIO [SCENARIO ...] --root DIR`` from the repository root; prints one
 JSON object (scenario -> results) on its last line. The process imports torch once, then forks one child per role,
-so every role is a separate process with its own file descriptors and locks, as two users' programs would be.
+so every role is a separate process with its own file descriptors, as two users' programs would be.
 
 Two adapters, A and B, have the same architecture and different weights; each config carries its name in
-``base_model_name_or_path``. :func:`identify` loads a folder and says which one it holds, failing unless the config
-and every weight belong to the same adapter. A mix of config and weights would therefore be caught even if the
-digest check did not exist.
+``base_model_name_or_path``. :func:`identify` loads a folder and says which one it holds, failing with
+:class:`Mixed` unless the config and every weight belong to the same adapter. A mix of config and weights is
+therefore caught even where the digest check would miss it.
+
+Saves go through :func:`fpt_peft.checkpoints.save_adapter` (written beside the folder, swapped in atomically) or
+through peft's plain ``save_pretrained`` (written in place): :data:`SAVES`.
 """
 
 from __future__ import annotations
@@ -32,13 +35,23 @@ torch.set_num_threads(1)  # before any op: the process forks
 import transformers  # noqa: E402
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict  # noqa: E402
 
-from fpt_peft import FPTConfig, safe_io  # noqa: E402
+from fpt_peft import AdapterIntegrityError, FPTConfig  # noqa: E402
+from fpt_peft.checkpoints import check_writable, estimate_save_bytes, save_adapter  # noqa: E402
 
 from .helpers import tiny_config  # noqa: E402
 
 transformers.logging.set_verbosity_error()
+ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 STATES: dict[str, dict[str, torch.Tensor]] = {}
 MODELS: dict[str, Any] = {}
+SAVES: dict[str, Callable[[Any, str], Any]] = {
+    "atomic": save_adapter,
+    "plain": lambda model, folder: model.save_pretrained(folder),
+}
+
+
+class Mixed(AssertionError):
+    """A folder loaded without error to a config of one adapter with weights of another: never allowed."""
 
 
 def _base() -> torch.nn.Module:
@@ -58,17 +71,40 @@ def _adapter(name: str, seed: int) -> Any:
 
 
 def identify(folder: str) -> str:
-    """'A' or 'B': which adapter ``folder`` loads to; raises unless its config and all its weights agree."""
+    """'A' or 'B': which adapter ``folder`` loads to; raises :class:`Mixed` unless its config and weights agree."""
     loaded = PeftModel.from_pretrained(_base(), folder)
     name = loaded.peft_config["default"].base_model_name_or_path
-    got, want = get_peft_model_state_dict(loaded), STATES[name]
-    if got.keys() != want.keys() or not all(torch.equal(got[k], want[k]) for k in want):
-        raise AssertionError(f"config of {name} loaded with weights of another adapter")
-    return str(name)
+    got = get_peft_model_state_dict(loaded)
+    for want in STATES.values():
+        if got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want):
+            if want is not STATES.get(name):
+                raise Mixed(f"the config of {name} loaded with the weights of another adapter")
+            return str(name)
+    raise Mixed(f"the config of {name} loaded with weights that are neither A's nor B's (a mix of both)")
+
+
+def outcome(folder: str) -> str:
+    """:func:`identify`, or the kind of error the load raised: 'refused: ...', 'MIXED: ...' or 'OTHER: ...'."""
+    try:
+        return identify(folder)
+    except Mixed as exc:
+        return f"MIXED: {exc}"
+    except AdapterIntegrityError as exc:
+        kind = "corrupt" if "is corrupted or truncated" in str(exc) else "mismatch"
+        return f"refused: {kind}: {str(exc)[:300]}"
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {str(exc)[:300]}"
+        # The weights file is not there (yet): peft's own error (offline it tries the folder path as a Hub repo).
+        missing = isinstance(exc, FileNotFoundError) or "Repo id must be" in str(exc)
+        return f"refused: missing: {message}" if missing else f"OTHER: {message}"
 
 
 def _leftovers(folder: str) -> list[str]:
-    return sorted(n for n in os.listdir(folder) if n.startswith((safe_io.STAGING_PREFIX, safe_io.JOURNAL_NAME)))
+    """What is there besides the adapter's own files: in the folder, and beside it (``.tmp-*``)."""
+    parent = os.path.dirname(folder)
+    around = [n for n in os.listdir(parent) if n != os.path.basename(folder)]
+    inside = [n for n in os.listdir(folder) if n not in ADAPTER_FILES] if os.path.isdir(folder) else ["<no folder>"]
+    return sorted(around) + sorted(f"{os.path.basename(folder)}/{n}" for n in inside)
 
 
 def _fork(role: Callable[..., Any], *args: Any) -> tuple[int, int]:
@@ -95,75 +131,84 @@ def _collect(pid: int, read: int) -> Any:
     return json.loads(text)
 
 
+def _fresh_folder(root: str, name: str) -> str:
+    """``root/name/adapter``, in a parent of its own so that what a save leaves beside it can be listed."""
+    parent = os.path.join(root, name)
+    os.makedirs(parent)
+    return os.path.join(parent, "adapter")
+
+
 # ------------------------------------------------------------------------------------------------ race
-def _writer(folder: str, name: str, seconds: float) -> dict[str, Any]:
+def _writer(folder: str, names: str, save: str, seconds: float) -> dict[str, Any]:
+    """Save the adapters ``names`` ("A", "B", or "AB" taking turns) into ``folder`` until ``seconds`` are over."""
     saves, errors = 0, []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            MODELS[name].save_pretrained(folder)
+            SAVES[save](MODELS[names[saves % len(names)]], folder)
             saves += 1
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
-    return {"saves": saves, "errors": errors[:5]}
+    return {"saves": saves, "errors": errors[:5], "error_count": len(errors)}
 
 
 def _reader(folder: str, seconds: float) -> dict[str, Any]:
-    seen = {"A": 0, "B": 0}
-    errors = []
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            seen[identify(folder)] += 1
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-    return {"seen": seen, "errors": errors[:5], "error_count": len(errors)}
+        got = outcome(folder)
+        kind = got if got in ("A", "B") else ":".join(got.split(":")[:2])
+        counts[kind] = counts.get(kind, 0) + 1
+        examples.setdefault(kind, got)
+    return {"counts": counts, "examples": examples}
 
 
-def race(root: str, seconds: float = 2.0) -> dict[str, Any]:
-    """Writers of A and of B save into one folder as fast as they can while a reader loads it in a loop."""
-    folder = os.path.join(root, "race")
-    MODELS["A"].save_pretrained(folder)
-    children = [
-        _fork(_writer, folder, "A", seconds),
-        _fork(_writer, folder, "B", seconds),
-        _fork(_reader, folder, seconds),
-    ]
-    writer_a, writer_b, reader = (_collect(*child) for child in children)
+def _race(root: str, save: str, writers: tuple[str, ...], seconds: float = 3.0) -> dict[str, Any]:
+    """Writer processes (one per entry of ``writers``) save into one folder as fast as they can while a reader loads
+    it in a loop."""
+    folder = _fresh_folder(root, f"race-{save}")
+    SAVES[save](MODELS["A"], folder)
+    children = [_fork(_writer, folder, names, save, seconds) for names in writers]
+    reader = _fork(_reader, folder, seconds)
+    results = [_collect(*child) for child in children]
     return {
-        "writer_a": writer_a,
-        "writer_b": writer_b,
-        "reader": reader,
-        "final": identify(folder),
+        "writers": results,
+        "reader": _collect(*reader),
+        "final": outcome(folder),
         "leftovers": _leftovers(folder),
     }
 
 
+def race(root: str) -> dict[str, Any]:
+    """Two processes saving A and B with save_adapter."""
+    return _race(root, "atomic", ("A", "B"))
+
+
+def race_plain(root: str) -> dict[str, Any]:
+    """One process saving A and B in turns with peft's plain save_pretrained (two plain writers into one folder can
+    leave one's config beside the other's weights: peft writes in place; README says to use save_adapter then)."""
+    return _race(root, "plain", ("AB",))
+
+
 # ------------------------------------------------------------------------------------------------ kill
-def _save_forever(folder: str, first: str) -> None:
-    """Alternate saves of ``first`` and the other adapter, slowed down where a kill does most harm, until killed."""
-    real_replace = os.replace
-
-    def slow_replace(source: Any, destination: Any) -> None:
-        time.sleep(random.uniform(0.002, 0.01))  # widens the window between moving one file in and the next
-        real_replace(source, destination)
-
-    os.replace = slow_replace  # type: ignore[assignment]
-    random.seed(os.getpid())
+def _save_forever(folder: str, first: str, save: str) -> None:
+    """Alternate saves of ``first`` and the other adapter until killed."""
     order = [first, "B" if first == "A" else "A"]
     count = 0
     while True:
-        MODELS[order[count % 2]].save_pretrained(folder)
+        SAVES[save](MODELS[order[count % 2]], folder)
         count += 1
 
 
-def killed_saves(root: str, rounds: int = 20) -> dict[str, Any]:
+def _killed_saves(root: str, save: str, rounds: int = 20) -> dict[str, Any]:
     """SIGKILL a process that keeps saving, at a random moment, then load the folder; ``rounds`` times.
 
     Each round's first save writes the adapter the folder does not hold, so any completed save shows as a change.
+    A folder a kill left unloadable is saved again (whole, by this process) before the next round.
     """
-    folder = os.path.join(root, "kill")
-    MODELS["A"].save_pretrained(folder)
+    folder = _fresh_folder(root, f"kill-{save}")
+    SAVES[save](MODELS["A"], folder)
     current = "A"
     rng = random.Random(0)
     outcomes = []
@@ -171,51 +216,76 @@ def killed_saves(root: str, rounds: int = 20) -> dict[str, Any]:
         pid = os.fork()
         if pid == 0:
             try:
-                _save_forever(folder, first="B" if current == "A" else "A")
+                _save_forever(folder, "B" if current == "A" else "A", save)
             finally:
                 os._exit(1)
-        time.sleep(rng.uniform(0.01, 0.15))
+        time.sleep(rng.uniform(0.01, 0.4))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        interrupted = os.path.exists(os.path.join(folder, safe_io.JOURNAL_NAME))
-        try:
-            now = identify(folder)
-            outcomes.append({"interrupted": interrupted, "before": current, "after": now})
-            current = now
-        except Exception as exc:
-            outcomes.append({"interrupted": interrupted, "before": current, "after": f"{type(exc).__name__}: {exc}"})
-    MODELS["A"].save_pretrained(folder)  # a later save clears what the killed ones left behind
-    return {"outcomes": outcomes, "leftovers": _leftovers(folder), "final": identify(folder)}
+        left = _leftovers(folder)
+        after = outcome(folder)
+        outcomes.append({"before": current, "after": after, "left": left})
+        if after in ("A", "B"):
+            current = after
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            SAVES[save](MODELS[current], folder)
+    save_adapter(MODELS["A"], folder)  # a later save clears what the killed ones left behind
+    return {"outcomes": outcomes, "leftovers": _leftovers(folder), "final": outcome(folder)}
+
+
+def kill(root: str) -> dict[str, Any]:
+    return _killed_saves(root, "atomic")
+
+
+def kill_plain(root: str) -> dict[str, Any]:
+    return _killed_saves(root, "plain")
 
 
 # ------------------------------------------------------------------------------------------------ permissions
-def _as_nobody(folder: str) -> dict[str, Any]:
+def _error(exc: OSError) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "errno": exc.errno, "message": str(exc)}
+
+
+def _as_nobody(base: str) -> dict[str, Any]:
     os.setgid(65534)
     os.setuid(65534)
     result: dict[str, Any] = {"uid": os.getuid()}
-    try:
-        MODELS["A"].save_pretrained(os.path.join(folder, "readonly", "adapter"))
-        result["readonly"] = "saved"
-    except OSError as exc:
-        result["readonly"] = {"type": type(exc).__name__, "errno": exc.errno, "message": str(exc)}
-    MODELS["A"].save_pretrained(os.path.join(folder, "writable", "adapter"))  # the control: same user, own folder
-    result["writable"] = identify(os.path.join(folder, "writable", "adapter"))
+    folder = os.path.join(base, "readonly", "adapter")
+    for name, attempt in (
+        ("check_writable", lambda: check_writable(folder, estimate_save_bytes(MODELS["B"]))),
+        ("save_adapter", lambda: save_adapter(MODELS["B"], folder)),
+    ):
+        try:
+            attempt()
+            result[name] = "saved"
+        except OSError as exc:
+            result[name] = _error(exc)
+    result["after"] = outcome(folder)  # loading needs no write access: nothing is created on a load
+    writable = os.path.join(base, "writable", "adapter")  # the control: same user, own folder
+    save_adapter(MODELS["B"], writable)
+    result["writable"] = outcome(writable)
     return result
 
 
 def permissions(root: str) -> dict[str, Any]:
-    """A user without write permission on the folder (a child switched to uid 65534 when run as root)."""
+    """A user without write permission on an adapter's folder (a child switched to uid 65534 when run as root)."""
     if os.geteuid() != 0:
         return {"skipped": "not root: test_adapter_io checks permission bits in-process"}
     base = tempfile.mkdtemp(prefix="fpt-peft-perm-")  # under /tmp: the user must be able to reach it
     try:
         os.chmod(base, 0o755)
-        for name, mode in (("readonly", 0o555), ("writable", 0o755)):
-            os.mkdir(os.path.join(base, name))
-            os.chown(os.path.join(base, name), 65534, 65534)
-            os.chmod(os.path.join(base, name), mode)
+        readonly = os.path.join(base, "readonly")
+        save_adapter(MODELS["A"], os.path.join(readonly, "adapter"))  # root's adapter, readable by all:
+        for name in ADAPTER_FILES:  # (safetensors >= 0.8 creates its files with mode 0600)
+            os.chmod(os.path.join(readonly, "adapter", name), 0o644)
+        os.chmod(readonly, 0o555)
+        os.chown(readonly, 65534, 65534)
+        os.mkdir(os.path.join(base, "writable"))
+        os.chown(os.path.join(base, "writable"), 65534, 65534)
+        before = _leftovers(os.path.join(readonly, "adapter"))
         result = _collect(*_fork(_as_nobody, base))
-        result["readonly_untouched"] = os.listdir(os.path.join(base, "readonly")) == []
+        result["untouched"] = before == _leftovers(os.path.join(readonly, "adapter")) == []
         result["base"] = base
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -231,35 +301,37 @@ def _fill(root: str, leave: int) -> None:
             handle.flush()
 
 
-def _attempt(folder: str) -> dict[str, Any]:
+def _attempt(folder: str, attempt: Callable[[], Any]) -> dict[str, Any]:
     try:
-        MODELS["B"].save_pretrained(folder)
-        return {"saved": True}
+        attempt()
+        result: dict[str, Any] = {"saved": True}
     except OSError as exc:
-        return {"errno": exc.errno, "message": str(exc), "after": identify(folder), "leftovers": _leftovers(folder)}
+        result = _error(exc)
+    return {**result, "after": outcome(folder), "leftovers": _leftovers(folder)}
 
 
 def filesystem(root: str) -> dict[str, Any]:
     """``root`` is a tiny tmpfs of our own (see test_adapter_io): a full disk and a read-only mount, for real."""
     folder = os.path.join(root, "adapter")
-    MODELS["A"].save_pretrained(folder)
-    result: dict[str, Any] = {"saved": identify(folder)}
+    save_adapter(MODELS["A"], folder)
+    result: dict[str, Any] = {"saved": outcome(folder)}
+    needed = estimate_save_bytes(MODELS["B"])
     _fill(root, leave=24 * 1024)
-    result["full_precheck"] = _attempt(folder)
-    original_check = safe_io.check_writable
-    safe_io.check_writable = lambda path, needed_bytes=0: None  # type: ignore[assignment]
+    result["full_check"] = _attempt(folder, lambda: check_writable(folder, needed))
     _fill(root, leave=4096)
-    result["full_midwrite"] = _attempt(folder)
-    safe_io.check_writable = original_check  # type: ignore[assignment]
+    result["full_save"] = _attempt(folder, lambda: save_adapter(MODELS["B"], folder))
     os.unlink(os.path.join(root, "filler"))
     subprocess.run(["mount", "-o", "remount,ro", root], check=True)
-    result["readonly"] = _attempt(folder)
+    result["readonly_check"] = _attempt(folder, lambda: check_writable(folder))
+    result["readonly_save"] = _attempt(folder, lambda: save_adapter(MODELS["B"], folder))
     return result
 
 
 SCENARIOS: dict[str, Callable[[str], dict[str, Any]]] = {
     "race": race,
-    "kill": killed_saves,
+    "race_plain": race_plain,
+    "kill": kill,
+    "kill_plain": kill_plain,
     "permissions": permissions,
     "filesystem": filesystem,
 }

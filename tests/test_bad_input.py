@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from fpt_peft import FPTConfig
+from fpt_peft import AdapterIntegrityError, FPTConfig
 
 from .helpers import tiny_config
 
@@ -58,11 +58,16 @@ def test_missing_and_corrupted_weight_files(saved: Path) -> None:
     weights = saved / "adapter_model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="corrupted or truncated"):
+    corrupted = rf"'{weights}' is corrupted or truncated and cannot be read"
+    with pytest.raises(AdapterIntegrityError, match=corrupted):
+        FPTConfig.from_pretrained(str(saved))
+    with pytest.raises(AdapterIntegrityError, match=corrupted):
         PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), saved)
     weights.unlink()
-    with pytest.raises(FileNotFoundError, match=r"no adapter_model\.safetensors"):
-        PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), saved)
+    # A folder with only the config: the config loads; peft itself then finds no weights to load (its own error).
+    assert FPTConfig.from_pretrained(str(saved)).input_dim == 6
+    with pytest.raises((ValueError, OSError)):
+        PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), str(saved))
 
 
 def test_weights_of_another_adapter_are_refused(saved: Path, tmp_path: Path) -> None:
@@ -72,8 +77,8 @@ def test_weights_of_another_adapter_are_refused(saved: Path, tmp_path: Path) -> 
     )
     other.save_pretrained(tmp_path / "b")
     (saved / "adapter_model.safetensors").write_bytes((tmp_path / "b" / "adapter_model.safetensors").read_bytes())
-    # The config records the SHA-256 of the weights saved with it: the swap is refused before anything is built.
-    with pytest.raises(ValueError, match=r"adapter_model\.safetensors' does not belong to .*adapter_config\.json'"):
+    # The config records the digest of the weights saved with it: weights from another save are refused.
+    with pytest.raises(AdapterIntegrityError, match=r"do not belong to its adapter_config\.json"):
         PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), saved)
     # Configs without a digest (older saves) still meet the structural check of the weights against the config.
     config_file = saved / "adapter_config.json"
@@ -86,8 +91,9 @@ def test_unknown_or_malformed_config_fields(saved: Path) -> None:
     config_file = saved / "adapter_config.json"
     original = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**original, "future_field": 1}))
-    with pytest.raises(ValueError, match=r"does not know: \['future_field'\]"):
-        PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), saved)
+    with pytest.warns(UserWarning, match=r"Unexpected keyword arguments \['future_field'\] for class FPTConfig"):
+        loaded = PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), saved)  # dropped, loads
+    assert not hasattr(loaded.peft_config["default"], "future_field")
     config_file.write_text(json.dumps({**original, "input_dim": "six"}))
     with pytest.raises(ValueError, match=r"input_dim must be an int"):
         PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), saved)

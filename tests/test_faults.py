@@ -31,6 +31,7 @@ from fpt_peft.checkpoints import (
     CheckpointError,
     checkpoint_bytes,
     estimate_checkpoint_bytes,
+    estimate_save_bytes,
     latest_checkpoint,
     list_checkpoints,
     remove_checkpoints,
@@ -39,6 +40,7 @@ from fpt_peft.checkpoints import (
 from fpt_peft.data import TaskData, load_task
 from fpt_peft.modeling import build_model
 from fpt_peft.training import NonFiniteError, TrainingArguments, train
+from fpt_peft.tuner import integrity
 
 from .training_utils import ROOT, offline_env, poisoned_xor, save_tiny_backbone
 
@@ -215,7 +217,7 @@ def test_a_full_disk_fails_before_training(
     tiny: str, xor: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = build_model(xor.spec, tiny, seed=0)
-    one, adapter = estimate_checkpoint_bytes(model), training.safe_io.estimate_save_bytes(model)
+    one, adapter = estimate_checkpoint_bytes(model), estimate_save_bytes(model)
     needed = 3 * one + adapter  # two kept checkpoints, one being written, the adapter
     usage = shutil.disk_usage(tmp_path)
     free = [needed - 1]
@@ -236,9 +238,12 @@ def test_the_checkpoint_size_estimate_is_realistic(tiny: str, xor: TaskData, tmp
         actual = checkpoint_bytes(tmp_path / finetune / "checkpoints/step_000002")
         estimate = estimate_checkpoint_bytes(build_model(xor.spec, tiny, seed=0, finetune=finetune))
         assert actual <= estimate <= 3 * actual, (finetune, actual, estimate)  # tiny models: margins dominate
-        # The final adapter went through fpt-peft's atomic, verified save (which records the weights' digest).
+        # The final adapter went through fpt-peft's atomic save (save_adapter), which records the weights' digest.
         config = json.loads((tmp_path / finetune / "adapter/adapter_config.json").read_text())
         assert len(config["weights_sha256"]) == 64
+        weights = load_file(tmp_path / finetune / "adapter/adapter_model.safetensors")
+        assert config["weights_sha256"] == integrity.digest(weights)
+        assert not list((tmp_path / finetune).glob(".tmp-*"))  # nothing left beside it
 
 
 # ---------------------------------------------------------------------------------------------------- numerics

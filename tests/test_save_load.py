@@ -145,9 +145,10 @@ def test_uploading_a_saved_adapter_sends_exactly_its_files(adapter, monkeypatch:
     model.push_to_hub("someone/fpt-tiny", token="x")
     pushed = uploads[-1]
     assert pushed["adapter_model.safetensors"] == files["adapter_model.safetensors"]
-    assert json.loads(pushed["adapter_config.json"])["weights_sha256"] == json.loads(files["adapter_config.json"])[
-        "weights_sha256"
-    ]
+    assert (
+        json.loads(pushed["adapter_config.json"])["weights_sha256"]
+        == json.loads(files["adapter_config.json"])["weights_sha256"]
+    )
 
 
 def test_symbolic_backbone_adapter_with_fpt_head_round_trips(save_tiny, tmp_path: Path) -> None:

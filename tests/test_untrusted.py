@@ -1,15 +1,21 @@
 """Untrusted adapter files and inputs: refused with a clear error, never run, never a crash deep in torch.
 
-- Pickled weights (``adapter_model.bin``) are refused by every loader unless the user opts in.
-- Every field of ``adapter_config.json`` is validated: wrong types, absurd numbers, NaN, unknown fields.
+- Pickled weights (``adapter_model.bin``) load as peft loads them, with ``torch.load(weights_only=True)``: tensors
+  only; a pickle that would run code is refused by torch and the code never runs (local folders and Hub repos).
+- Every field of ``adapter_config.json`` is validated: wrong types, absurd numbers, NaN; unknown fields (from a newer
+  version) are dropped with peft's warning.
 - Property-based (hypothesis): valid configs round-trip through save/load; invalid ones raise ValueError or
   TypeError naming the field; input shapes give logits of the documented shape or a ValueError.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,10 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.utils import TaskType
+from safetensors.torch import load_file
 from transformers import AutoModel
 
-import fpt_peft
-from fpt_peft import FPTConfig, safe_io
+from fpt_peft import AdapterIntegrityError, FPTConfig
+from fpt_peft.tuner import integrity
 
 from .helpers import tiny_config
 
@@ -49,46 +56,93 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- pickled weights
+INPUTS = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(0))
+
+
+def _outputs(model: Any) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(inputs_embeds=INPUTS).logits
+
+
 @pytest.fixture
-def pickled(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+def pickled(tmp_path: Path) -> tuple[Path, Any]:
     model = _fpt()
-    with fpt_peft.allow_pickled_adapters():
-        model.save_pretrained(tmp_path / "bin", safe_serialization=False)
-    assert {p.name for p in (tmp_path / "bin").iterdir()} >= {"adapter_model.bin", "adapter_config.json"}
-    assert not (tmp_path / "bin" / "adapter_model.safetensors").exists()
-    return tmp_path / "bin", _state(model)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param))
+    model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert {p.name for p in (tmp_path / "bin").iterdir()} == {"adapter_model.bin", "adapter_config.json", "README.md"}
+    recorded = json.loads((tmp_path / "bin" / "adapter_config.json").read_text())["weights_sha256"]
+    assert recorded == integrity.digest(torch.load(tmp_path / "bin" / "adapter_model.bin", weights_only=True))
+    return tmp_path / "bin", model
 
 
-def test_pickled_weights_are_refused_by_every_loader(pickled, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder, _ = pickled
-    monkeypatch.delenv(safe_io.PICKLE_ENV, raising=False)
-
-    def never(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("the pickle was opened")
-
-    monkeypatch.setattr(torch, "load", never)  # refused before anything is unpickled
-    refused = rf"'{folder}' holds the adapter weights only as a pickle \(adapter_model\.bin\)"
-    with pytest.raises(safe_io.PickledAdapterError, match=refused):
-        PeftModel.from_pretrained(_gpt2(), folder)
-    with pytest.raises(safe_io.PickledAdapterError, match=refused):
-        FPTConfig.from_pretrained(str(folder))
-    with pytest.raises(safe_io.PickledAdapterError, match=refused):
-        _fpt().load_adapter(str(folder), adapter_name="other")
-    with pytest.raises(safe_io.PickledAdapterError, match=refused):
-        _gpt2().load_adapter(str(folder), adapter_name="other")  # transformers' own adapter API
-    with pytest.raises(safe_io.PickledAdapterError, match="allow_pickled_adapters"):
-        _fpt().save_pretrained(folder.parent / "again", safe_serialization=False)
-    assert not (folder.parent / "again").exists()
+def _loads_like(loaded: Any, model: Any, adapter: str = "default") -> None:
+    """``loaded`` holds ``model``'s adapter weights exactly and computes its outputs (to float rounding)."""
+    state = get_peft_model_state_dict(loaded, adapter_name=adapter)
+    got = {k.removeprefix("base_model.model."): v for k, v in state.items()}
+    want = {k.removeprefix("base_model.model."): v for k, v in get_peft_model_state_dict(model).items()}
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    torch.testing.assert_close(_outputs(loaded), _outputs(model), rtol=1e-5, atol=1e-5)
 
 
-def test_pickled_weights_load_after_opting_in(pickled, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder, state = pickled
-    with fpt_peft.allow_pickled_adapters():
-        assert _same(_state(PeftModel.from_pretrained(_gpt2(), folder)), state)
-    monkeypatch.setenv(safe_io.PICKLE_ENV, "1")
-    assert _same(_state(PeftModel.from_pretrained(_gpt2(), folder)), state)
-    with fpt_peft.allow_pickled_adapters(False), pytest.raises(safe_io.PickledAdapterError):
-        PeftModel.from_pretrained(_gpt2(), folder)  # the context manager wins over the environment
+def test_pickled_weights_load_with_every_loader(pickled: tuple[Path, Any]) -> None:
+    """peft reads adapter_model.bin with torch.load(weights_only=True): tensors only, no code from the pickle."""
+    folder, model = pickled
+    _loads_like(PeftModel.from_pretrained(_gpt2(), folder), model)
+    other = _fpt()
+    other.load_adapter(str(folder), adapter_name="pickled")
+    other.set_adapter("pickled")
+    _loads_like(other, model, "pickled")
+    base = _gpt2()  # transformers' own adapter API (it looks for adapter_model.safetensors unless told otherwise)
+    base.load_adapter(str(folder), use_safetensors=False)
+    _loads_like(base, model)
+    # All three loaders give the very same outputs.
+    assert torch.equal(_outputs(base), _outputs(PeftModel.from_pretrained(_gpt2(), folder)))
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (pickle calls os.system): what a malicious adapter_model.bin holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def malicious(pickled: tuple[Path, Any], tmp_path: Path) -> tuple[Path, Path]:
+    """A real adapter whose adapter_model.bin also holds an object that runs a command when unpickled."""
+    folder, model = pickled
+    marker = tmp_path / "code-ran"
+    state = {k: v.detach() for k, v in get_peft_model_state_dict(model).items()}
+    torch.save({**state, "payload": _RunsCode(marker)}, folder / "adapter_model.bin")
+    return folder, marker
+
+
+def _refused_unpickling(load: Any, weights: Path | None = None) -> None:
+    """``load()`` fails where torch's weights_only unpickler refuses the payload; with ``weights``, FPT's config
+    check refused it first, with an AdapterIntegrityError naming the file."""
+    refused = r"Weights only load failed"
+    if weights is not None:
+        refused = rf"'{re.escape(str(weights))}' is corrupted or truncated and cannot be read \({refused}"
+    with pytest.raises((AdapterIntegrityError, pickle.UnpicklingError), match=refused):
+        load()
+
+
+def test_a_malicious_pickle_is_refused_and_never_run(malicious: tuple[Path, Path]) -> None:
+    folder, marker = malicious
+    weights = folder / "adapter_model.bin"
+    _refused_unpickling(lambda: PeftModel.from_pretrained(_gpt2(), folder), weights)
+    _refused_unpickling(lambda: FPTConfig.from_pretrained(str(folder)), weights)
+    _refused_unpickling(lambda: _fpt().load_adapter(str(folder), adapter_name="other"), weights)
+    _refused_unpickling(lambda: _gpt2().load_adapter(str(folder), use_safetensors=False))
+    assert not marker.exists()
+    # The control: the payload is live, an unrestricted unpickler runs it.
+    torch.load(folder / "adapter_model.bin", weights_only=False)
+    assert marker.exists()
 
 
 def _offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> str:
@@ -110,17 +164,26 @@ def _offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[st
     return "someone/fpt-tiny"
 
 
-def test_hub_repo_with_only_pickled_weights_is_refused(pickled, tmp_path: Path, monkeypatch) -> None:
-    folder, state = pickled
+def test_hub_repo_with_pickled_weights_loads(pickled: tuple[Path, Any], tmp_path: Path, monkeypatch) -> None:
+    folder, model = pickled
     files = {name: (folder / name).read_bytes() for name in ("adapter_config.json", "adapter_model.bin")}
     repo_id = _offline_hub(tmp_path, monkeypatch, files)
-    monkeypatch.delenv(safe_io.PICKLE_ENV, raising=False)
-    with pytest.raises(safe_io.PickledAdapterError, match=r"Hub repo 'someone/fpt-tiny' holds .* only as a pickle"):
-        PeftModel.from_pretrained(_gpt2(), repo_id)
-    with pytest.raises(safe_io.PickledAdapterError):
-        _gpt2().load_adapter(repo_id)
-    with fpt_peft.allow_pickled_adapters():
-        assert _same(_state(PeftModel.from_pretrained(_gpt2(), repo_id)), state)
+    _loads_like(PeftModel.from_pretrained(_gpt2(), repo_id), model)
+    base = _gpt2()
+    base.load_adapter(repo_id, use_safetensors=False)
+    _loads_like(base, model)
+
+
+def test_hub_repo_with_a_malicious_pickle_is_refused_and_never_run(
+    malicious: tuple[Path, Path], tmp_path: Path, monkeypatch
+) -> None:
+    folder, marker = malicious
+    files = {name: (folder / name).read_bytes() for name in ("adapter_config.json", "adapter_model.bin")}
+    repo_id = _offline_hub(tmp_path, monkeypatch, files)
+    _refused_unpickling(lambda: PeftModel.from_pretrained(_gpt2(), repo_id))
+    _refused_unpickling(lambda: _fpt().load_adapter(repo_id, adapter_name="other"))
+    _refused_unpickling(lambda: _gpt2().load_adapter(repo_id, use_safetensors=False))
+    assert not marker.exists()
 
 
 def test_hub_repo_whose_weights_do_not_match_the_config_is_refused(tmp_path: Path, monkeypatch) -> None:
@@ -134,7 +197,7 @@ def test_hub_repo_whose_weights_do_not_match_the_config_is_refused(tmp_path: Pat
         "adapter_model.safetensors": (tmp_path / "b" / "adapter_model.safetensors").read_bytes(),
     }
     repo_id = _offline_hub(tmp_path, monkeypatch, files)
-    with pytest.raises(safe_io.AdapterIntegrityError, match=r"adapter_model\.safetensors' does not belong to"):
+    with pytest.raises(AdapterIntegrityError, match=r"do not belong to its adapter_config\.json"):
         PeftModel.from_pretrained(_gpt2(), repo_id)
 
 
@@ -188,15 +251,23 @@ BAD_FIELDS = [
 ]
 
 
+def _names_the_field(name: str, value: Any) -> str:
+    """What an error about field ``name`` says: ``FPTConfig.<name>``, or for ``task_type`` (checked by peft itself,
+    with its own message) the value."""
+    if name == "task_type":
+        return rf"Invalid task type: '{re.escape(str(value))}'\. Must be one of the following task types: SEQ_CLS"
+    return rf"FPTConfig\.(\w+ \* )?{name}\b"
+
+
 @pytest.mark.parametrize(("name", "value"), BAD_FIELDS, ids=[f"{n}={v!r}" for n, v in BAD_FIELDS])
 def test_every_malformed_field_is_named_in_a_clear_error(saved: Path, tmp_path: Path, name: str, value: Any) -> None:
     folder = tmp_path / "adapter"
     shutil.copytree(saved, folder)
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**config, name: value}))  # NaN / Infinity: Python's JSON
-    with pytest.raises((ValueError, TypeError), match=rf"FPTConfig\.(\w+ \* )?{name}\b"):
+    with pytest.raises((ValueError, TypeError), match=_names_the_field(name, value)):
         FPTConfig.from_pretrained(str(folder))
-    with pytest.raises((ValueError, TypeError), match=rf"FPTConfig\.(\w+ \* )?{name}\b"):
+    with pytest.raises((ValueError, TypeError), match=_names_the_field(name, value)):
         PeftModel.from_pretrained(_gpt2(), folder)
 
 
@@ -205,8 +276,18 @@ def test_fields_of_a_newer_version_wrong_peft_type_and_missing_fields(saved: Pat
     shutil.copytree(saved, folder)
     config_file = folder / "adapter_config.json"
     config = json.loads(config_file.read_text())
-    config_file.write_text(json.dumps({**config, "fpt_layer_dropout": 0.1}))
-    with pytest.raises(ValueError, match=r"does not know: \['fpt_layer_dropout'\].*newer fpt-peft"):
+    config_file.write_text(json.dumps({**config, "fpt_layer_dropout": 0.1}))  # a field of a newer version
+    unknown = r"Unexpected keyword arguments \['fpt_layer_dropout'\] for class FPTConfig, these are ignored"
+    with pytest.warns(UserWarning, match=unknown):  # peft's forward compatibility: dropped, with a warning
+        loaded = PeftModel.from_pretrained(_gpt2(), folder)
+    assert not hasattr(loaded.peft_config["default"], "fpt_layer_dropout")
+    ln_f = load_file(folder / "adapter_model.safetensors")["base_model.model.ln_f.fpt_copies.weight"]
+    assert torch.equal(loaded.base_model.model.ln_f.fpt_copies["default"].weight, ln_f)  # the rest loads as saved
+    with pytest.warns(UserWarning, match=unknown):
+        assert not hasattr(FPTConfig.from_pretrained(str(folder)), "fpt_layer_dropout")
+    # Known fields are still checked when unknown ones come with them.
+    config_file.write_text(json.dumps({**config, "fpt_layer_dropout": 0.1, "input_dim": "six"}))
+    with pytest.raises(ValueError, match=r"FPTConfig\.input_dim must be an int"):
         PeftModel.from_pretrained(_gpt2(), folder)
     config_file.write_text(json.dumps({**config, "peft_type": "LORA"}))
     with pytest.raises(ValueError, match="peft_type='LORA'; FPTConfig loads only 'FPT'"):
@@ -224,7 +305,8 @@ def test_new_layers_larger_than_the_weights_file_are_refused_before_allocation(s
     huge = {**config, "input_dim": None, "input_vocab_size": 2**24}  # 2**24 x 32 weights: 2 GB to allocate
     (folder / "adapter_config.json").write_text(json.dumps(huge))
     refused = (
-        r"declares new input/output layers of 536,870,978 weights for a base of width 32, but .* only [\d,]+ bytes"
+        r"declares new input/output layers of 536,870,978 weights, but the file has only [\d,]+ bytes: the config is "
+        "inconsistent"
     )
     with pytest.raises(ValueError, match=refused):
         PeftModel.from_pretrained(_gpt2(), folder)
@@ -276,7 +358,8 @@ def test_valid_configs_round_trip_through_save_and_load(kwargs: dict[str, Any]) 
         config.save_pretrained(folder)
         again = PeftConfig.from_pretrained(folder)
     assert isinstance(again, FPTConfig)
-    assert again == config
+    # weights_sha256 is written from the weights file beside the config (none here), never copied from memory.
+    assert again == dataclasses.replace(config, weights_sha256=None)
 
 
 def _not_int(min_value: int) -> st.SearchStrategy[Any]:
@@ -331,7 +414,7 @@ def test_invalid_values_raise_value_or_type_error_naming_the_field(field_and_val
     try:
         FPTConfig(**{name: value})
     except (ValueError, TypeError) as exc:
-        assert f"FPTConfig.{name}" in str(exc), str(exc)
+        assert re.search(_names_the_field(name, value), str(exc)), str(exc)
     else:
         raise AssertionError(f"FPTConfig({name}={value!r}) was accepted")
 

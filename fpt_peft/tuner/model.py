@@ -26,6 +26,7 @@ PREFIX = "fpt_"
 OUTPUT_LAYER_NAME = "output_adapter"  # child of the HF model holding FPT output layers
 _CAPACITY = "_fpt_position_capacity"  # longest input the learned positions index (None: unbounded); static per model
 _BASE_PAD = "_fpt_base_pad_token_id"  # the model's own pad_token_id, restored when FPT leaves
+_DIGESTS = "_fpt_expected_digests"  # tuner attribute: adapter name -> digest its pending load must match
 _HEADS = ("score", "classifier", "lm_head")
 
 
@@ -185,7 +186,7 @@ class FPTModel(BaseTuner):
     ) -> None:
         """Inject norms and positions through peft, then add the parameter, input and output layers and the hooks.
 
-        The adapter works on its own copy of the config: the object the caller passed is never changed.
+        The config the caller passed is never changed (see :meth:`_prepare_adapter_config`).
         """
         self._on_meta = low_cpu_mem_usage
         try:
@@ -203,6 +204,11 @@ class FPTModel(BaseTuner):
             self._add_output_layer(model, adapter_name, config)
         finally:
             self._on_meta = False
+        # The digest of a loaded config belongs to the load in progress: it moves off the config (never stale there)
+        # to the tuner, and is checked once against the weights in _remap_adapter_state_dict_for_load.
+        config = self.peft_config[adapter_name]
+        digest, config.weights_sha256 = config.weights_sha256, None  # type: ignore[attr-defined]
+        self.__dict__.setdefault(_DIGESTS, {})[adapter_name] = digest
         if not _hooks_installed(model):
             model.register_forward_pre_hook(_before_forward, with_kwargs=True)
             model.register_forward_hook(_after_forward, with_kwargs=True)
@@ -333,8 +339,11 @@ class FPTModel(BaseTuner):
         cls, model: nn.Module, config: FPTConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """peft's structural remapping, then: the weights must be exactly the adapter's (no key missing or extra) and,
-        when the config records a digest, be the weights saved with it. The digest is dropped once checked."""
-        recorded, config.weights_sha256 = config.weights_sha256, None
+        when the loaded config recorded a digest (kept by :meth:`inject_adapter` until here), the weights saved with
+        it."""
+        tuner = getattr(model, "base_model", None)
+        digests = tuner.__dict__.get(_DIGESTS, {}) if isinstance(tuner, FPTModel) else {}
+        recorded = digests.pop(adapter_name, None)
         if recorded is not None and integrity.digest(state_dict) != recorded:
             raise integrity.AdapterIntegrityError(
                 "The adapter weights do not belong to its adapter_config.json: the config records weights with "
