@@ -1,0 +1,69 @@
+"""The package's import structure: the tuner stands alone (as a peft tuner would) and no module imports in a circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fpt_peft"
+TUNER_MAY_IMPORT = {"torch", "peft", "transformers", "safetensors"}
+STANDARD_LIBRARY = {"__future__", "collections", "copy", "dataclasses", "enum", "functools", "hashlib", "inspect"}
+STANDARD_LIBRARY |= {"json", "logging", "math", "os", "re", "tempfile", "typing", "warnings"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of the modules ``path`` imports, wherever in the file (also inside functions)."""
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, node.module] if node.module else base)
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}  # `from . import x` imports module x
+    return names
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, leaving out its own parent packages (Python imports a package
+    before any of its modules anyway, so `from . import x` is no edge back to the package)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {
+        name: {i for i in _imports(path) if i in modules and i != name and not name.startswith(i + ".")}
+        for name, path in modules.items()
+    }
+
+
+def test_the_tuner_imports_only_torch_peft_transformers_and_safetensors() -> None:
+    for path in sorted((PACKAGE / "tuner").glob("*.py")):
+        outside = {
+            name
+            for name in _imports(path)
+            if not name.startswith("fpt_peft.tuner") and name.split(".")[0] not in STANDARD_LIBRARY
+        }
+        assert {name.split(".")[0] for name in outside} <= TUNER_MAY_IMPORT, (path.name, outside)
+
+
+def test_no_module_of_the_package_imports_in_a_circle() -> None:
+    graph = _graph()
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(name) :], name]))
+        if name in done:
+            return
+        for imported in graph[name]:
+            visit(imported, [*trail, name])
+        done.add(name)
+
+    for name in graph:
+        visit(name, [])
+    assert "fpt_peft.tuner.model" in graph and graph["fpt_peft.tuner.config"] <= {"fpt_peft.tuner.integrity"}
