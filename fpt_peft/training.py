@@ -47,6 +47,7 @@ from .checkpoints import (
 )
 from .data.spec import TaskData
 from .metrics import load_metric
+from .model_card import adapter_card, is_hub_id
 from .modeling import build_model
 from .pretrained import DEFAULT_MODEL
 from .validation import check_task_data, model_inputs
@@ -417,7 +418,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
         metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
         accelerator.print(_describe(progress.step, metrics))
     metrics["step"] = progress.step
-    _save_adapter(accelerator, model, output_dir, metrics, args.push_to_hub)
+    _save_adapter(accelerator, model, output_dir, metrics, args, task)
     accelerator.end_training()
     return metrics
 
@@ -558,25 +559,65 @@ def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgr
 
 
 def _save_adapter(
-    accelerator: Accelerator, model: torch.nn.Module, output_dir: Path, metrics: dict[str, float], repo: str | None
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    output_dir: Path,
+    metrics: dict[str, float],
+    args: TrainingArguments,
+    task: TaskData,
 ) -> None:
-    """Write the final adapter and metrics (main process only), and push the adapter to ``repo`` if given."""
+    """Write the final adapter with its model card, and the metrics (main process only); push the adapter folder to
+    ``args.push_to_hub`` if given."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         adapter = accelerator.unwrap_model(model)
-        save_adapter(adapter, output_dir / "adapter")
+        base = adapter.peft_config[adapter.active_adapter].base_model_name_or_path
+        card = adapter_card(
+            task=task.spec.name,
+            base_model=base or None,
+            dataset=task.source if is_hub_id(task.source) else None,
+            metrics=metrics,
+            setup=_card_setup(args, accelerator.num_processes),
+        )
+        save_adapter(adapter, output_dir / "adapter", card=str(card))
         _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
-        if repo:
+        if args.push_to_hub:
             # upload_folder sends exactly what save_pretrained wrote, model card included (push_to_hub would
             # replace the card with transformers' generic one).
             api = HfApi()
-            repo = api.create_repo(repo, exist_ok=True).repo_id
-            api.upload_folder(
-                repo_id=repo, folder_path=str(output_dir / "adapter"), commit_message="Upload FPT adapter"
-            )
+            repo = api.create_repo(args.push_to_hub, exist_ok=True).repo_id
+            api.upload_folder(repo_id=repo, folder_path=str(output_dir / "adapter"), commit_message="Upload adapter")
             accelerator.print(f"Pushed the adapter to https://huggingface.co/{repo}.")
     accelerator.wait_for_everyone()
+
+
+def _card_setup(args: TrainingArguments, processes: int) -> dict[str, Any]:
+    """The training options a model card reports."""
+    options = args.model_options()
+    trained = [g for g, key in _GROUPS.items() if options[key]]
+    return {
+        "model": "a local folder" if os.path.isabs(args.model) or os.path.isdir(args.model) else args.model,
+        "init": args.init,
+        "finetune": args.finetune,
+        "trained groups": ", ".join(trained),
+        "learning rate": args.learning_rate,
+        "batch size (per process)": args.batch_size,
+        "processes": processes,
+        "steps": args.max_steps,
+        "mixed precision": args.mixed_precision,
+        "seed": args.seed,
+    }
+
+
+_GROUPS = {
+    "layer norms": "train_layer_norms",
+    "positions": "train_positions",
+    "input layer": "train_input",
+    "output layer": "train_output",
+    "attention": "train_attention",
+    "feed-forward": "train_feedforward",
+}
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -78,4 +78,5 @@ def homology(
         spec=spec,
         train=symbolic_dataset(train_ids, labels[0], length),
         eval=symbolic_dataset(eval_ids, labels[1], length),
+        source=source,
     )

@@ -111,7 +111,7 @@ def _image_task(
         max_tokens=(size // patch_size) ** 2,
         metric="accuracy",
     )
-    return TaskData(spec=spec, train=prepared[0], eval=prepared[1])
+    return TaskData(spec=spec, train=prepared[0], eval=prepared[1], source=source)
 
 
 def mnist(

@@ -97,3 +97,5 @@ class TaskData:
     spec: TaskSpec
     train: datasets.Dataset
     eval: datasets.Dataset
+    source: str | None = None
+    """Where the data came from: a Hub dataset id or a local folder (None: generated)."""

@@ -1,0 +1,108 @@
+"""The model card (``README.md``) of an adapter a recipe trained, in the Hub's conventions.
+
+YAML metadata (``library_name``, ``base_model``, ``tags``, ``datasets``, ``metrics`` and a ``model-index`` with the
+final evaluation), then what the adapter does, the command that made it, the training set-up, the results and how to
+load it. Written with ``huggingface_hub``'s ``ModelCard``, so the Hub parses it as it parses its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .tuner.config import MODEL_CARD_NOTE
+
+_METRIC_NAMES = {"accuracy": "Accuracy", "per_bit_accuracy": "Per-bit accuracy"}
+
+
+def portable_command(argv: Sequence[str]) -> str:
+    """The command line ``argv`` as a user would type it, without the paths of this machine.
+
+    The script keeps its path from ``recipes/``; other absolute paths become ``PATH``.
+    """
+    script, *args = argv or ["recipe"]
+    parts = script.replace(os.sep, "/").split("/")
+    script = "/".join(parts[parts.index("recipes") :]) if "recipes" in parts else parts[-1]
+    shown = ["PATH" if os.path.isabs(arg) else arg for arg in args]
+    return shlex.join(["accelerate", "launch", script, *shown])
+
+
+def adapter_card(
+    *,
+    task: str,
+    base_model: str | None,
+    dataset: str | None,
+    metrics: Mapping[str, float],
+    setup: Mapping[str, Any],
+    command: str | None = None,
+) -> ModelCard:
+    """The card of an adapter trained on ``task`` on ``base_model`` (a Hub id, or None for random weights).
+
+    ``dataset`` is the Hub dataset id (None for generated or local data), ``metrics`` the final evaluation,
+    ``setup`` the training options worth reporting, ``command`` the command that trained it (default: this process's).
+    """
+    scores = {k: float(v) for k, v in metrics.items() if k in _METRIC_NAMES}
+    name = f"fpt-{task.replace('_', '-')}"
+    data = ModelCardData(
+        library_name="peft",
+        base_model=base_model,
+        datasets=[dataset] if dataset else None,
+        metrics=sorted(scores) or None,
+        tags=["fpt", "fpt-peft", "frozen-pretrained-transformer", "peft", task],
+        model_name=name,
+        eval_results=[
+            EvalResult(
+                task_type="classification",
+                task_name=task,
+                dataset_type=dataset or task,
+                dataset_name=dataset or f"{task} (generated)",
+                metric_type=metric,
+                metric_name=_METRIC_NAMES[metric],
+                metric_value=round(value, 4),
+            )
+            for metric, value in sorted(scores.items())
+        ]
+        or None,
+    )
+    base = f"`{base_model}`" if base_model else "a transformer with random weights (the paper's baseline)"
+    results = "\n".join(f"| {_METRIC_NAMES[m]} | {v:.4f} |" for m, v in sorted(scores.items()))
+    options = "\n".join(f"| `{k}` | `{v}` |" for k, v in setup.items())
+    body = f"""
+# {name}
+
+A [Frozen Pretrained Transformer](https://arxiv.org/abs/2103.05247) adapter for the task `{task}` on {base}: the
+self-attention and feed-forward weights stay frozen; the layer norms, the positional embeddings and a new input and
+output layer were trained (as the set-up below says), with fpt-peft, which makes FPT a PEFT method.
+
+## Training
+
+```bash
+{command or portable_command(sys.argv)}
+```
+
+| option | value |
+|---|---|
+{options}
+
+## Results
+
+Evaluation at the end of training{f" on `{dataset}`" if dataset else ""}:
+
+| metric | value |
+|---|---|
+{results}
+
+{MODEL_CARD_NOTE}
+Install fpt-peft from its source repository (`pip install .` in a checkout) until it is published on PyPI.
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def is_hub_id(source: str | None) -> bool:
+    """Whether ``source`` names a Hub repository rather than a local folder."""
+    return bool(source) and not os.path.exists(str(source)) and not os.path.isabs(str(source))
