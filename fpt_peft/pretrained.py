@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from pathlib import Path
@@ -46,6 +47,20 @@ def packaged_name(name_or_path: str) -> str | None:
     if name_or_path in HUB_IDS:
         return name_or_path
     return next((name for name, hub_id in HUB_IDS.items() if hub_id == name_or_path), None)
+
+
+def check_model_name(name_or_path: str) -> None:
+    """Raise a ValueError (suggesting the closest packaged name) or FileNotFoundError for a ``--model`` that cannot
+    be right: a near miss of a packaged model's name, or a path that does not exist. Hub ids pass (checked on load)."""
+    if name_or_path in PACKAGED_MODELS or packaged_name(name_or_path) or os.path.isdir(name_or_path):
+        return
+    close = difflib.get_close_matches(name_or_path.lower(), list(PACKAGED_MODELS), n=1, cutoff=0.75)
+    if close:
+        raise ValueError(
+            f"--model {name_or_path!r} is not a packaged model or a folder; did you mean {close[0]!r}? (packaged: "
+            f"{', '.join(sorted(PACKAGED_MODELS))}; anything else is a local folder or a Hub id)"
+        )
+    resolve_model(name_or_path)
 
 
 def resolve_model(name_or_path: str) -> tuple[str, dict[str, str]]:

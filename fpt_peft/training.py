@@ -14,8 +14,10 @@ import argparse
 import errno
 import json
 import os
+import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from .data.spec import TaskData
 from .metrics import load_metric
 from .model_card import adapter_card, is_hub_id
 from .modeling import build_model
-from .pretrained import DEFAULT_MODEL
+from .pretrained import DEFAULT_MODEL, check_model_name
 from .validation import check_task_data, model_inputs
 
 
@@ -114,7 +116,14 @@ class TrainingArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start afresh even if output_dir holds checkpoints of an earlier run."}
     )
-    resume: bool = field(default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue from the last complete checkpoint in output_dir (one must exist)."},
+    )
+    resume_if_possible: bool = field(
+        default=False,
+        metadata={"help": "Continue from the last complete checkpoint if any, else start afresh."},
+    )
     push_to_hub: str | None = field(default=None, metadata={"help": "Push the final adapter to this Hub repo id."})
     cpu: bool = field(default=False, metadata={"help": "Train on CPU even if a GPU is available."})
     log_with: str | None = field(
@@ -138,7 +147,7 @@ class TrainingArguments:
             raise ValueError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}.")
         if not self.learning_rate > 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ValueError("--learning-rate must be > 0, --weight-decay and --max-grad-norm >= 0.")
-        if self.resume and self.overwrite_output_dir:
+        if (self.resume or self.resume_if_possible) and self.overwrite_output_dir:
             raise ValueError("--resume and --overwrite-output-dir contradict each other; pass one of them.")
 
     @classmethod
@@ -245,11 +254,43 @@ def evaluate_model(
 
 def _prepare_output_dir(args: TrainingArguments, output_dir: Path) -> None:
     checkpoints = output_dir / "checkpoints"
-    if latest_checkpoint(checkpoints) is not None and not (args.resume or args.overwrite_output_dir):
+    found = latest_checkpoint(checkpoints) is not None
+    if found and not (args.resume or args.resume_if_possible or args.overwrite_output_dir):
         raise FileExistsError(
             f"{str(output_dir)!r} holds checkpoints of an earlier run. Pass --resume to continue it, "
             "--overwrite-output-dir to start again, or another --output-dir."
         )
+    if args.resume and not found:
+        raise FileNotFoundError(
+            f"--resume: {str(checkpoints)!r} holds no complete checkpoint to continue from. Check --output-dir, or "
+            "pass --resume-if-possible to start afresh when there is none."
+        )
+
+
+def parse_recipe_args(parser: argparse.ArgumentParser, argv: list[str] | None, task: str) -> argparse.Namespace:
+    """Parse a recipe's arguments and check them before any data or model is loaded: a mistake ends the program
+    argparse-style (usage, one ``error:`` line, exit status 2). ``task`` names the default output folder."""
+    args = parser.parse_args(argv)
+    try:
+        training_args = TrainingArguments.from_namespace(args)
+        check_model_name(training_args.model)
+        _prepare_output_dir(training_args, Path(training_args.output_dir or f"outputs/{task}"))
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    return args
+
+
+def run_recipe(main: Callable[[], object]) -> None:
+    """Run a recipe's ``main``: a user mistake found later (data, output folder, model files) prints one line and
+    exits with status 2, on the main process only; a traceback is for bugs (``FPT_PEFT_TRACEBACK=1`` shows it)."""
+    try:
+        main()
+    except (ValueError, OSError) as exc:  # what the checks of fpt_peft raise, with a message that says what to do
+        if os.environ.get("FPT_PEFT_TRACEBACK"):
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _tracker_config(args: TrainingArguments, task: TaskData) -> dict[str, Any]:
@@ -327,8 +368,10 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
         remove_checkpoints(checkpoints)
     accelerator.wait_for_everyone()
     set_seed(args.seed, device_specific=True)  # dropout differs per process; a resume restores the saved states
-    if args.resume:
-        _resume(accelerator, checkpoints, progress)
+    if args.resume or args.resume_if_possible:
+        _resume(accelerator, checkpoints, progress, strict=args.resume)
+    else:
+        accelerator.print(f"Training afresh into {output_dir}.")
 
     if args.log_with:
         accelerator.init_trackers(spec.name, config=_tracker_config(args, task))
@@ -523,7 +566,7 @@ def _check_health(
     raise NonFiniteError(message, step=step, kind=_HEALTH[kind])
 
 
-def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgress) -> None:
+def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgress, strict: bool) -> None:
     """Load the last complete checkpoint, if any (model adapter, optimizer, scheduler, RNG states, progress).
 
     Checkpoints whose files no longer match their manifest (damaged after they were written) are renamed to
@@ -546,7 +589,9 @@ def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgr
             accelerator.print(f"--resume: moved {folder} to {set_aside(folder)}.")
     accelerator.wait_for_everyone()
     if last is None:
-        accelerator.print(f"--resume: no complete checkpoint in {checkpoints}; starting from step 0.")
+        if strict:
+            raise FileNotFoundError(f"--resume: no intact checkpoint in {str(checkpoints)!r} to continue from.")
+        accelerator.print(f"No complete checkpoint in {checkpoints}: training afresh.")
         return
     processes = accelerator.num_processes
     accelerator.load_state(str(last))
@@ -555,7 +600,7 @@ def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgr
             f"{last} was written by a run with {progress.num_processes} process(es); resume it with the same number "
             f"(this run has {processes})."
         )
-    accelerator.print(f"Resumed from {last} at step {progress.step}.")
+    accelerator.print(f"Continuing from {last} at step {progress.step}.")
 
 
 def _save_adapter(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, train
+from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--num-train", type=int, default=20_000, help="Training examples. Default: 20000.")
     data.add_argument("--num-eval", type=int, default=1_000, help="Evaluation examples. Default: 1000.")
     add_training_args(parser, batch_size=32, max_steps=600, eval_every=200, save_every=200)
-    args = parser.parse_args(argv)
+    args = parse_recipe_args(parser, argv, task="bit_xor")
     task = load_task(
         "bit_xor",
         num_train=args.num_train,
@@ -40,4 +40,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, train
+from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--patch-size", type=int, default=2, help="Patch side in pixels. Default: 2.")
     data.add_argument("--eval-fraction", type=float, default=0.2, help="Share held out. Default: 0.2.")
     add_training_args(parser, batch_size=32, max_steps=500, eval_every=100)
-    args = parser.parse_args(argv)
+    args = parse_recipe_args(parser, argv, task="digits")
     task = load_task("digits", patch_size=args.patch_size, eval_fraction=args.eval_fraction, seed=args.seed)
     return train(task, args)
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, train
+from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--num-train", type=int, default=None, help="Use only the first N training sequences.")
     data.add_argument("--num-eval", type=int, default=None, help="Use only the first N evaluation sequences.")
     add_training_args(parser, learning_rate=1e-4, batch_size=8, max_steps=10_000, eval_every=2000, save_every=2000)
-    args = parser.parse_args(argv)
+    args = parse_recipe_args(parser, argv, task="homology")
     task = load_task(
         "homology",
         source=args.source,
@@ -42,4 +42,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, train
+from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--data-dir", default=None, help="Folder with LRA's basic_train.tsv / basic_test.tsv.")
     data.add_argument("--truncation", action="store_true", help="Cut longer sequences to --max-tokens.")
     add_training_args(parser, batch_size=16, max_steps=2000, eval_every=500)
-    args = parser.parse_args(argv)
+    args = parse_recipe_args(parser, argv, task="listops")
     task = load_task(
         "listops",
         num_train=args.num_train,
@@ -41,4 +41,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, train
+from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--num-train", type=int, default=None, help="Use only the first N training images.")
     data.add_argument("--num-eval", type=int, default=None, help="Use only the first N evaluation images.")
     add_training_args(parser, batch_size=16, max_steps=5000, eval_every=1000)
-    args = parser.parse_args(argv)
+    args = parse_recipe_args(parser, argv, task="mnist")
     task = load_task(
         "mnist", source=args.source, patch_size=args.patch_size, num_train=args.num_train, num_eval=args.num_eval
     )
@@ -32,4 +32,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

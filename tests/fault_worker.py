@@ -4,7 +4,7 @@ Run as ``python -m tests.fault_worker SCENARIO [SCENARIO ...] --root DIR`` from 
 object (scenario -> results) on its last line. The process imports torch once and builds the tiny model and data,
 then forks one child per training process, so that a run starts in about a second instead of five.
 
-``kills``: one training run (save_every=1) is killed again and again, each time resumed with ``--resume``:
+``kills``: one training run (save_every=1) is killed again and again, each time resumed with ``--resume-if-possible``:
 
 - random kills: after the child has resumed, a random delay, then SIGKILL. The child pauses briefly at every phase
   of a checkpoint save (``FPT_PEFT_CHECKPOINT_FAULT=pause=...``) so that many kills land inside a checkpoint write;
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import functools
 import json
 import os
 import random
@@ -124,8 +125,8 @@ def _run(task: TaskData, model: str, out: Path, fault: str, report: Path | None,
     if report is not None:
         original = training._resume
 
-        def resume(accelerator: Any, checkpoints: Path, progress: Any) -> None:
-            original(accelerator, checkpoints, progress)
+        def resume(accelerator: Any, checkpoints: Path, progress: Any, strict: bool) -> None:
+            original(accelerator, checkpoints, progress, strict)
             state = accelerator.unwrap_model(accelerator._models[0]).state_dict()
             adapter = {k: v.detach().clone().contiguous() for k, v in state.items() if _is_adapter_key(k)}
             temp = report.with_suffix(".tmp")
@@ -177,7 +178,8 @@ def kills(root: Path, n_random: int = 20, pause: float = 0.02, max_delay: float 
             fault = f"trace={trace},kill={phase}@{target}"
         else:
             fault = f"trace={trace}"
-        pid = _fork(lambda: _run(task, model, out, fault, report, resume=True, **options), root / "log.txt")  # noqa: B023
+        run = functools.partial(_run, task, model, out, fault, report, resume_if_possible=True, **options)
+        pid = _fork(run, root / "log.txt")
         record: dict[str, Any] = {"kind": kind, "phase": phase, "expected_step": expected_step}
         deadline = time.monotonic() + 90
         while not report.exists() and time.monotonic() < deadline and _wait(pid, 0) is None:

@@ -84,8 +84,43 @@ def test_recipe_trains_and_leaves_a_reloadable_adapter(name: str, tiny: str, tin
 def test_recipe_script_reports_bad_input_on_stderr(tmp_path: Path) -> None:
     # `python recipes/X.py` succeeding: see the kill-and-resume test; `accelerate launch`: the 2-process test.
     failed = run_python(["recipes/bit_xor.py", *quick_args("./missing-model", tmp_path / "bad")])
-    assert failed.returncode != 0 and "--model './missing-model': no such folder" in failed.stderr
-    assert not (tmp_path / "bad").exists()
+    assert failed.returncode == 2 and "--model './missing-model': no such folder" in failed.stderr
+    assert "Traceback" not in failed.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "MiniLM"], "--model 'MiniLM' is not a packaged model or a folder; did you mean 'minilm'?"),
+        (["--model", "smolm2"], "did you mean 'smollm2'?"),
+        (["--resume"], "--resume: '{out}/checkpoints' holds no complete checkpoint to continue from"),
+        (["--lr", "0"], "--learning-rate must be > 0"),
+        (["--resume-if-possible", "--overwrite-output-dir"], "contradict each other"),
+    ],
+    ids=["model case", "model typo", "resume without checkpoint", "learning rate", "contradiction"],
+)
+def test_argument_mistakes_are_one_line_and_status_2_before_any_loading(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    started = time.monotonic()
+    failed = run_python(["recipes/listops.py", "--output-dir", str(out), *args])
+    errors = [line for line in failed.stderr.splitlines() if "error:" in line]
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert len(errors) == 1 and message.format(out=out) in errors[0], failed.stderr[-2000:]
+    assert "Traceback" not in failed.stderr and not out.exists()
+    assert time.monotonic() - started < 60  # listops would generate its data first: minutes on 2 cores
+
+
+def test_resume_if_possible_trains_afresh_then_continues(tiny: str, tmp_path: Path) -> None:
+    command = ["recipes/bit_xor.py", *quick_args(tiny, tmp_path / "run"), "--resume-if-possible"]
+    first = run_python(command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Training afresh" in first.stdout + first.stderr or "No complete checkpoint" in first.stdout + first.stderr
+    again = run_python(command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Continuing from" in again.stdout + again.stderr and "step 3" in again.stdout + again.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 3
 
 
 def _free_port() -> int:
