@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint clean distclean
+.PHONY: install demo test test-slow lint clean distclean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The suite without the end-to-end tests marked slow (a few minutes); test-slow runs those; CI runs both.
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest --durations=15
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" --durations=15
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow --durations=15
 
 # Outputs and caches; the environment stays (distclean removes it too).
 clean:

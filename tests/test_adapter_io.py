@@ -125,6 +125,7 @@ def _whole_or_refused(outcomes: dict[str, int]) -> dict[str, int]:
     return {kind: n for kind, n in outcomes.items() if kind not in ("A", "B") and not kind.startswith("refused:")}
 
 
+@pytest.mark.slow  # real processes
 def test_racing_save_adapter_writers_all_succeed_and_leave_a_whole_adapter(processes: dict[str, Any]) -> None:
     race = processes["race"]
     for writer in race["writers"]:
@@ -133,6 +134,7 @@ def test_racing_save_adapter_writers_all_succeed_and_leave_a_whole_adapter(proce
     assert race["final"] in ("A", "B") and race["leftovers"] == [], race
 
 
+@pytest.mark.slow  # real processes
 def test_a_reader_racing_save_adapter_writers_only_ever_sees_whole_adapters(processes: dict[str, Any]) -> None:
     race = processes["race"]
     counts = race["reader"]["counts"]
@@ -142,6 +144,7 @@ def test_a_reader_racing_save_adapter_writers_only_ever_sees_whole_adapters(proc
     assert counts.get("A", 0) >= 1 and counts.get("B", 0) >= 1 and counts["A"] + counts["B"] >= 10, counts
 
 
+@pytest.mark.slow  # real processes
 def test_racing_plain_saves_and_a_reader_never_see_a_mix(processes: dict[str, Any]) -> None:
     race = processes["race_plain"]
     for writer in race["writers"]:
@@ -155,6 +158,7 @@ def test_racing_plain_saves_and_a_reader_never_see_a_mix(processes: dict[str, An
     assert race["final"] in ("A", "B") or race["final"].startswith("refused:"), race["final"]
 
 
+@pytest.mark.slow  # real processes
 def test_a_save_adapter_killed_at_any_moment_leaves_a_whole_adapter(processes: dict[str, Any]) -> None:
     kill = processes["kill"]
     outcomes = kill["outcomes"]
@@ -166,6 +170,7 @@ def test_a_save_adapter_killed_at_any_moment_leaves_a_whole_adapter(processes: d
     assert kill["leftovers"] == [] and kill["final"] == "A"  # the next save cleared what the kills left
 
 
+@pytest.mark.slow  # real processes
 def test_a_plain_save_killed_half_way_is_refused_never_loaded_as_a_mix(processes: dict[str, Any]) -> None:
     kill = processes["kill_plain"]
     outcomes = [o["after"] for o in kill["outcomes"]]
@@ -176,6 +181,7 @@ def test_a_plain_save_killed_half_way_is_refused_never_loaded_as_a_mix(processes
     assert kill["final"] == "A"
 
 
+@pytest.mark.slow  # real processes
 def test_a_user_without_write_permission_gets_a_clear_error_and_keeps_the_adapter(
     processes: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -208,6 +214,7 @@ def test_a_user_without_write_permission_gets_a_clear_error_and_keeps_the_adapte
     assert result["writable"] == "B"  # same user, own folder: saves fine
 
 
+@pytest.mark.slow  # real processes
 def test_check_writable_on_a_full_and_a_read_only_filesystem(tiny_filesystem: tuple[Path, dict[str, Any]]) -> None:
     root, result = tiny_filesystem
     folder = f"'{root}/adapter'"
@@ -223,6 +230,7 @@ def test_check_writable_on_a_full_and_a_read_only_filesystem(tiny_filesystem: tu
         assert attempt["after"] == "A"
 
 
+@pytest.mark.slow  # real processes
 def test_save_adapter_on_a_full_or_read_only_filesystem_keeps_the_previous_adapter(
     tiny_filesystem: tuple[Path, dict[str, Any]],
 ) -> None:
@@ -235,6 +243,7 @@ def test_save_adapter_on_a_full_or_read_only_filesystem_keeps_the_previous_adapt
     assert all(not name.startswith("adapter/") for name in full["leftovers"] + readonly["leftovers"]), result
 
 
+@pytest.mark.slow  # real processes
 def test_save_adapter_on_a_full_disk_gives_an_os_error_naming_the_folder(
     tiny_filesystem: tuple[Path, dict[str, Any]],
 ) -> None:

@@ -12,6 +12,9 @@ import pytest
 
 from .helpers import run_benchmark_quick
 
+# End-to-end: real processes and training runs. `make test-slow` runs them (and CI).
+pytestmark = pytest.mark.slow
+
 SETUPS = ("fpt_peft", "plain_fpt", "ln_tuning", "full")
 
 
@@ -19,7 +22,6 @@ def _run(module: str, out_dir: Path, name: str) -> dict[str, Any]:
     return run_benchmark_quick(module, out_dir, name)
 
 
-@pytest.mark.slow
 def test_cost_quick(tmp_path: Path) -> None:
     data = _run("cost", tmp_path, "cost-test")
     variants = data["variants"]

