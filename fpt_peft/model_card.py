@@ -97,10 +97,27 @@ Evaluation at the end of training{f" on `{dataset}`" if dataset else ""}:
 |---|---|
 {results}
 
-{MODEL_CARD_NOTE}
+{_loading(base_model)}{MODEL_CARD_NOTE}
 Install fpt-peft from its source repository (`pip install .` in a checkout) until it is published on PyPI.
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _loading(base_model: str | None) -> str:
+    if not base_model:
+        return ""
+    return f"""## Usage
+
+```python
+import fpt_peft  # registers the FPT method with peft
+from peft import PeftModel
+from transformers import AutoModel
+
+base = AutoModel.from_pretrained("{base_model}")
+model = PeftModel.from_pretrained(base, "<this repo or folder>")
+```
+
+"""
 
 
 def is_hub_id(source: str | None) -> bool:

@@ -68,6 +68,7 @@ def test_the_model_card_follows_the_hub_conventions(trained: tuple[Path, dict[st
     assert name == "fpt-bit-xor" and len(results) == 1
     assert results[0].metric_value == round(metrics["per_bit_accuracy"], 4)
     assert "import fpt_peft" in card.text and "PeftModel.from_pretrained" in card.text
+    assert f'AutoModel.from_pretrained("{HUB_IDS["minilm"]}")' in card.text
     assert "accelerate launch" in card.text and "| `steps` | `4` |" in card.text
 
 
