@@ -25,6 +25,30 @@ def test_quickstart_block_runs_and_saves_a_small_adapter(tmp_path: Path) -> None
     assert 0.5e6 < adapter.stat().st_size < 2e6
 
 
+def _python_blocks() -> list[tuple[str, str | None]]:
+    """Every python block of the README in order, with the reason it cannot run here (or None)."""
+    blocks = []
+    for match in re.finditer(r"(<!-- needs-hub -->\n)?```python\n(.*?)```", README.read_text(), flags=re.S):
+        blocks.append((match.group(2), "needs the Hugging Face Hub" if match.group(1) else None))
+    return blocks
+
+
+def test_every_python_block_runs_in_order_in_one_fresh_process(tmp_path: Path) -> None:
+    blocks = _python_blocks()
+    runnable = [code for code, reason in blocks if reason is None]
+    skipped = [code for code, reason in blocks if reason is not None]
+    assert len(runnable) >= 4 and all("HfApi" in code or "me/" in code for code in skipped)
+    program = "\n".join(f"{code}\nprint('README block {i} done', flush=True)" for i, code in enumerate(runnable))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(f"README block {i} done" in result.stdout for i in range(len(runnable)))
+    multi = tmp_path / "out" / "multi"
+    assert {p.name for p in multi.iterdir()} == {"cifar10", "listops", "README.md"}
+
+
 def test_readme_opens_with_the_two_make_commands() -> None:
     text = README.read_text()
     first_block = re.search(r"```bash\n(.*?)```", text, flags=re.S)
