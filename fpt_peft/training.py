@@ -600,7 +600,7 @@ def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgr
             f"{last} was written by a run with {progress.num_processes} process(es); resume it with the same number "
             f"(this run has {processes})."
         )
-    accelerator.print(f"Continuing from {last} at step {progress.step}.")
+    accelerator.print(f"Resumed from {last} at step {progress.step}.")
 
 
 def _save_adapter(

@@ -122,7 +122,7 @@ def test_resume_if_possible_trains_afresh_then_continues(tiny: str, tmp_path: Pa
     assert "Training afresh" in first.stdout + first.stderr or "No complete checkpoint" in first.stdout + first.stderr
     again = run_python(command)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "Continuing from" in again.stdout + again.stderr and "step 3" in again.stdout + again.stderr
+    assert "Resumed from" in again.stdout + again.stderr and "step 3" in again.stdout + again.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 3
 
 
