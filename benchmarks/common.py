@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -466,7 +467,7 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from fpt_peft.data import load_task
+    from fpt_peft.data import TASKS, load_task
     from fpt_peft.modeling import build_model
     from fpt_peft.training import evaluate_model
     from fpt_peft.validation import model_inputs
@@ -474,7 +475,8 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
     set_threads(run.threads)
     start = time.perf_counter()
     torch.manual_seed(run.seed)
-    task = load_task(run.task, **{**run.task_kwargs, "seed": run.seed})
+    takes_seed = "seed" in inspect.signature(TASKS[run.task]).parameters  # archive data (time series) is fixed
+    task = load_task(run.task, **run.task_kwargs, **({"seed": run.seed} if takes_seed else {}))
     spec = task.spec
     model = build_model(spec, run.model, init=run.init, seed=run.seed, **run.flags)  # type: ignore[arg-type]
     trainable = [p for p in model.parameters() if p.requires_grad]

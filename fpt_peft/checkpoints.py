@@ -442,12 +442,15 @@ def _exchange(first: Path, second: Path) -> bool:
     return bool(result == 0)
 
 
-def save_adapter(model: Any, folder: str | os.PathLike[str], card: str | None = None) -> Path:
+def save_adapter(
+    model: Any, folder: str | os.PathLike[str], card: str | None = None, extra_files: dict[str, str] | None = None
+) -> Path:
     """``model.save_pretrained(folder)`` so that ``folder`` holds the old adapter or the new one whenever the process
     is killed, also with several writers at once: each save is written and synced into its own folder beside it, then
     swapped in with one atomic rename (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, between which
     a kill leaves no folder). A save that fails (no space, no permission) raises an ``OSError`` naming ``folder`` and
-    leaves the adapter saved there before as it was. ``card``, if given, replaces the model card (``README.md``).
+    leaves the adapter saved there before as it was. ``card``, if given, replaces the model card (``README.md``);
+    ``extra_files`` (file name -> text) are written into the same save.
     """
     final = Path(folder).absolute()
     check_writable(final.parent, estimate_save_bytes(model), saving=final)  # ``final`` itself may be swapped meanwhile
@@ -458,6 +461,8 @@ def save_adapter(model: Any, folder: str | os.PathLike[str], card: str | None = 
         model.save_pretrained(str(temp))
         if card is not None:
             (temp / "README.md").write_text(card, encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (temp / name).write_text(text, encoding="utf-8")
         mask = os.umask(0)
         os.umask(mask)
         for path in sorted(temp.rglob("*")):

@@ -136,6 +136,7 @@ def build_model(
     train_output: bool = True,
     train_attention: bool = False,
     train_feedforward: bool = False,
+    num_layers: int | None = None,
     dtype: torch.dtype | str | None = None,
     seed: int | None = None,
 ) -> PeftModel:
@@ -150,6 +151,7 @@ def build_model(
             (the ``train_*`` flags must then be left at their defaults).
         train_layer_norms, train_positions, train_input, train_output, train_attention, train_feedforward: the
             paper's ablation switches (see :class:`~fpt_peft.FPTConfig`).
+        num_layers: keep only the first ``num_layers`` transformer blocks (GPT4TS keeps 6); None keeps all.
         dtype: dtype of the backbone (e.g. ``torch.bfloat16``); default: as saved.
         seed: seeds the random initialisation of the backbone (``init="random"``) and of the new layers.
 
@@ -188,6 +190,7 @@ def build_model(
         train_positions=train_positions,
         train_input=train_input,
         train_output=train_output,
+        num_layers=num_layers,
         modules_to_save=extra or None,
     )
     return get_peft_model(backbone, config)  # type: ignore[return-value]

@@ -93,6 +93,9 @@ class TrainingArguments:
     freeze_out: bool = field(default=False, metadata={"help": "Ablation: freeze the output layer."})
     train_attn: bool = field(default=False, metadata={"help": "Ablation: also train the self-attention weights."})
     train_ff: bool = field(default=False, metadata={"help": "Ablation: also train the feed-forward weights."})
+    num_layers: int | None = field(
+        default=None, metadata={"help": "Keep only the first N transformer blocks of the backbone (GPT4TS: 6)."}
+    )
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate.", "aliases": ("--lr",)})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
@@ -143,6 +146,8 @@ class TrainingArguments:
         for name in ("warmup_steps", "eval_every", "save_every", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}.")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"--num-layers must be >= 1, got {self.num_layers}.")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise ValueError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}.")
         if not self.learning_rate > 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
@@ -167,6 +172,7 @@ class TrainingArguments:
             "train_output": not self.freeze_out,
             "train_attention": self.train_attn,
             "train_feedforward": self.train_ff,
+            "num_layers": self.num_layers,
         }
 
 
@@ -624,7 +630,10 @@ def _save_adapter(
             metrics=metrics,
             setup=_card_setup(args, accelerator.num_processes),
         )
-        save_adapter(adapter, output_dir / "adapter", card=str(card))
+        labels = None
+        if task.label_names is not None:
+            labels = {"labels.json": json.dumps({"id2label": dict(enumerate(task.label_names))}, indent=2) + "\n"}
+        save_adapter(adapter, output_dir / "adapter", card=str(card), extra_files=labels)
         _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
         if args.push_to_hub:
@@ -646,6 +655,7 @@ def _card_setup(args: TrainingArguments, processes: int) -> dict[str, Any]:
         "init": args.init,
         "finetune": args.finetune,
         "trained groups": ", ".join(trained),
+        "transformer blocks kept": "all" if args.num_layers is None else args.num_layers,
         "learning rate": args.learning_rate,
         "batch size (per process)": args.batch_size,
         "processes": processes,

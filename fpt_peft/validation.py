@@ -16,8 +16,9 @@ _CHUNK = 8192
 
 
 def model_inputs(spec: TaskSpec) -> tuple[str, ...]:
-    """The dataset columns the model takes for a task of this kind (``labels`` aside)."""
-    return ("input_ids", "attention_mask") if spec.is_symbolic else ("inputs_embeds",)
+    """The dataset columns the model takes for a task of this kind (``labels`` aside; ``attention_mask`` where the
+    data has one: padded continuous inputs such as time series of unequal length)."""
+    return ("input_ids", "attention_mask") if spec.is_symbolic else ("inputs_embeds", "attention_mask")
 
 
 def check_task_data(task: TaskData) -> None:

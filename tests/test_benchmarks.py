@@ -71,3 +71,17 @@ def test_overhead_quick(tmp_path: Path) -> None:
     continuous, symbols = cases["continuous"], cases["symbols"]
     assert continuous["fpt_peft"]["syncs_per_forward"] == continuous["plain_fpt"]["syncs_per_forward"]
     assert symbols["fpt_peft"]["syncs_per_forward"] <= symbols["plain_fpt"]["syncs_per_forward"] + 1
+
+
+def test_time_series_quick(tmp_path: Path) -> None:
+    data = _run("time_series", tmp_path, "time_series-test")
+    methods = data["datasets"]["BasicMotions"]["methods"]
+    assert set(methods) == {"FPT pretrained", "FPT random", "MiniRocket", "1-NN DTW"}
+    for name, m in methods.items():
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["seconds"] > 0, name
+    assert methods["MiniRocket"]["accuracy"] > 0.5  # 4 classes; the field's classifier is far above chance even here
+    assert methods["FPT pretrained"]["trained_parameters"] == methods["FPT random"]["trained_parameters"] > 0
+    assert methods["1-NN DTW"]["trained_parameters"] == 0
+    assert {r["label"] for r in data["input_handling"]} == {
+        f"BasicMotions:{n}+{c}" for n in ("norm", "raw") for c in ("mix", "separate")
+    }

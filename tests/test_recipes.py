@@ -62,6 +62,8 @@ def recipe_case(name: str, tmp: Path) -> tuple[list[str], dict[str, Any]]:
         }
     if name == "digits":
         return [], {}
+    if name == "time_series":  # aeon's bundled BasicMotions: 6 channels x 100 steps, 25 tokens
+        return ["--dataset", "BasicMotions"], {"dataset": "BasicMotions"}
     if name == "homology":
         source = write_homology_parquet(tmp / "fold")
         return ["--source", source, "--max-tokens", "32"], {"source": source, "max_tokens": 32, "truncation": True}
@@ -71,7 +73,7 @@ def recipe_case(name: str, tmp: Path) -> tuple[list[str], dict[str, Any]]:
     return ["--source", source], {"source": source}
 
 
-RECIPES = ["bit_xor", "bit_memory", "listops", "mnist", "cifar10", "cifar10_lra", "homology", "digits"]
+RECIPES = ["bit_xor", "bit_memory", "listops", "mnist", "cifar10", "cifar10_lra", "homology", "digits", "time_series"]
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -1,4 +1,4 @@
-"""Task data for FPT: the paper's seven tasks (plus an offline image task) as ``datasets`` objects.
+"""Task data for FPT: the paper's seven tasks, an offline image task and UCR/UEA time series as ``datasets`` objects.
 
 Every loader returns a :class:`TaskData` (a :class:`TaskSpec` plus train and eval
 ``datasets.Dataset`` splits in torch format, ready for a ``DataLoader`` with the default collate).
@@ -14,6 +14,7 @@ from .homology import homology
 from .images import cifar10, cifar10_lra, digits, mnist, patchify, unpatchify
 from .listops import evaluate_listops, generate_listops, listops
 from .spec import TaskData, TaskSpec
+from .time_series import normalize_instance, patch_series, series_tokens, time_series
 
 TASKS: dict[str, Callable[..., TaskData]] = {
     "bit_memory": bit_memory,
@@ -24,6 +25,7 @@ TASKS: dict[str, Callable[..., TaskData]] = {
     "cifar10_lra": cifar10_lra,
     "homology": homology,
     "digits": digits,
+    "time_series": time_series,
 }
 
 
@@ -49,6 +51,10 @@ __all__ = [
     "listops",
     "load_task",
     "mnist",
+    "normalize_instance",
+    "patch_series",
     "patchify",
+    "series_tokens",
+    "time_series",
     "unpatchify",
 ]

@@ -99,3 +99,5 @@ class TaskData:
     eval: datasets.Dataset
     source: str | None = None
     """Where the data came from: a Hub dataset id or a local folder (None: generated)."""
+    label_names: tuple[str, ...] | None = None
+    """The class names of label ids 0, 1, ... where the data has names (saved beside the adapter as labels.json)."""

@@ -16,7 +16,7 @@ from peft.utils import TaskType
 from . import integrity
 
 _POSITIVE_INTS = ("output_tokens", "values_per_token")
-_OPTIONAL_POSITIVE_INTS = ("input_dim", "input_vocab_size", "output_dim", "base_hidden_size")
+_OPTIONAL_POSITIVE_INTS = ("input_dim", "input_vocab_size", "output_dim", "base_hidden_size", "num_layers")
 _FLAGS = (
     "train_layer_norms",
     "train_positions",
@@ -86,6 +86,11 @@ class FPTConfig(PeftConfig):
         train_attention, train_feedforward (`bool`): also train the self-attention / feed-forward linears of every
             block (off in FPT; on for the paper's ablations).
         input_init_gain (`float`): gain of the orthogonal initialisation of the continuous input layer.
+        num_layers (`int`, *optional*):
+            Keep only the first `num_layers` transformer blocks of the base, as GPT4TS (Zhou et al., 2023) keeps 6 of
+            GPT-2's 12. The blocks after them leave the model while the adapter is on it (unload and deleting the
+            adapter put them back). An adapter saved with it reloads onto the full base exactly; a base with fewer
+            blocks is refused. None keeps every block.
         target_modules (`list[str]` or `str`, *optional*):
             Override discovery: the modules to adapt (names, suffixes or a regex). By default norms, learned positional
             embeddings (and, if switched on, block linears) are found structurally; the adapter's own copy of the
@@ -114,6 +119,7 @@ class FPTConfig(PeftConfig):
     train_attention: bool = field(default=False, metadata={"help": "Train self-attention weights."})
     train_feedforward: bool = field(default=False, metadata={"help": "Train feed-forward weights."})
     input_init_gain: float = field(default=1.41, metadata={"help": "Orthogonal init gain of the input layer."})
+    num_layers: int | None = field(default=None, metadata={"help": "Keep only the base's first num_layers blocks."})
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Modules to adapt instead of the discovered ones (names or regex)."}
     )

@@ -27,6 +27,7 @@ OUTPUT_LAYER_NAME = "output_adapter"  # child of the HF model holding FPT output
 _CAPACITY = "_fpt_position_capacity"  # longest input the learned positions index (None: unbounded); static per model
 _BASE_PAD = "_fpt_base_pad_token_id"  # the model's own pad_token_id, restored when FPT leaves
 _DIGESTS = "_fpt_expected_digests"  # tuner attribute: adapter name -> digest its pending load must match
+_CUT_BLOCKS = "_fpt_cut_blocks"  # the blocks num_layers took off the model, with the config values to restore
 _HEADS = ("score", "classifier", "lm_head")
 
 
@@ -108,6 +109,8 @@ class FPTModel(BaseTuner):
             )
         peft_config.base_hidden_size = hidden
         peft_config.base_model_type = model_type
+        if peft_config.num_layers is not None:
+            _keep_blocks(model, peft_config.num_layers)  # before targets are found: cut blocks have none
         if peft_config.target_modules is None:
             self._resolve_targets(peft_config)
         for qualified in peft_config.position_parameters or []:
@@ -403,12 +406,55 @@ def _first(names: set[str], count: int = 5) -> str:
     return str(ordered[:count]) + (" ..." if len(ordered) > count else "")
 
 
+def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The name and the list of the transformer blocks of ``model``: its one ``ModuleList`` of
+    ``config.num_hidden_layers`` modules."""
+    config: Any = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    depth = getattr(text_config, "num_hidden_layers", None)
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n and len(m) == depth]
+    if not isinstance(depth, int) or len(found) != 1:
+        raise ValueError(
+            f"FPTConfig.num_layers: cannot tell the transformer blocks of {type(model).__name__} (looked for one "
+            f"ModuleList of config.num_hidden_layers={depth!r} modules, found {[n for n, _ in found]})."
+        )
+    return found[0]
+
+
+def _keep_blocks(model: nn.Module, keep: int) -> None:
+    """Cut ``model`` to its first ``keep`` transformer blocks (``FPTConfig.num_layers``); the rest are kept aside for
+    :func:`_remove_side_effects` to put back."""
+    name, blocks = _block_list(model)
+    depth = len(blocks)
+    if keep > depth:
+        held = " (an FPT adapter already on it keeps that many)" if _CUT_BLOCKS in model.__dict__ else ""
+        raise ValueError(
+            f"This FPT adapter was made for the first {keep} transformer blocks of its base (FPTConfig.num_layers), "
+            f"but {type(model).__name__} has {depth}{held}. Load it onto a base with at least {keep} blocks."
+        )
+    if keep == depth:
+        return
+    if _CUT_BLOCKS in model.__dict__:
+        raise ValueError(
+            f"FPTConfig.num_layers={keep}: another FPT adapter on this model already keeps {depth} blocks; the "
+            "adapters of one model must keep the same number."
+        )
+    config: Any = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text_config, "layer_types", None)
+    model.__dict__[_CUT_BLOCKS] = (name, list(blocks[keep:]), depth, layer_types)
+    del blocks[keep:]
+    text_config.num_hidden_layers = keep
+    if isinstance(layer_types, list):
+        text_config.layer_types = layer_types[:keep]
+
+
 def _hooks_installed(model: nn.Module) -> bool:
     return any(hook is _before_forward for hook in model._forward_pre_hooks.values())
 
 
 def _remove_side_effects(model: nn.Module) -> None:
-    """Take FPT's forward hooks and bookkeeping off ``model`` and delete its output layers."""
+    """Take FPT's forward hooks and bookkeeping off ``model``, delete its output layers and put back cut blocks."""
     for hooks, with_kwargs in (
         (model._forward_pre_hooks, model._forward_pre_hooks_with_kwargs),
         (model._forward_hooks, model._forward_hooks_with_kwargs),
@@ -420,6 +466,15 @@ def _remove_side_effects(model: nn.Module) -> None:
     if isinstance(getattr(model, OUTPUT_LAYER_NAME, None), FPTOutputLayer):
         delattr(model, OUTPUT_LAYER_NAME)
     model.__dict__.pop(_CAPACITY, None)
+    if _CUT_BLOCKS in model.__dict__:
+        name, cut, depth, layer_types = model.__dict__.pop(_CUT_BLOCKS)
+        blocks: Any = model.get_submodule(name)
+        blocks.extend(cut)
+        config: Any = model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text_config.num_hidden_layers = depth
+        if layer_types is not None:
+            text_config.layer_types = layer_types
     if _BASE_PAD in model.__dict__:
         model.config.pad_token_id = model.__dict__.pop(_BASE_PAD)  # type: ignore[union-attr]
 
