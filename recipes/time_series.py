@@ -3,10 +3,10 @@
 Each series (optionally normalised per instance and channel, ``--normalize``) is cut into patches (``--patch-len``,
 ``--stride``; GPT4TS's replication padding at the end) whose channels share a token (``--channels mix``) or get one
 token each (``separate``), and read by the frozen backbone through FPT's new input layer; ``--num-layers 6`` keeps
-GPT-2's first 6 blocks as GPT4TS does. Uses the archive's own train/test split. The datasets bundled with aeon (JapaneseVowels,
-BasicMotions, GunPoint, ItalyPowerDemand, ArrowHead, OSULeaf, ...) train offline in about a minute on 2 CPU cores;
-other archive datasets load from ``--data-dir`` (``<dir>/<Name>/<Name>_TRAIN.ts``) or are downloaded by aeon where
-the network allows. Needs ``pip install 'fpt-peft[timeseries]'``.
+GPT-2's first 6 blocks as GPT4TS does. Uses the archive's own train/test split. The datasets bundled with aeon
+(JapaneseVowels, BasicMotions, GunPoint, ItalyPowerDemand, ArrowHead, OSULeaf, ...) train offline in about a minute on
+2 CPU cores; other archive datasets load from ``--data-dir`` (``<dir>/<Name>/<Name>_TRAIN.ts``) or are downloaded by
+aeon where the network allows. Needs ``pip install 'fpt-peft[timeseries]'``.
 
     python recipes/time_series.py --dataset JapaneseVowels
     accelerate launch recipes/time_series.py --dataset BasicMotions --patch-len 16 --stride 8
