@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
+from fpt_peft.arguments import add_training_args, parse_recipe_args, run_recipe
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -28,6 +27,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--num-eval", type=int, default=500, help="Evaluation examples. Default: 500.")
     add_training_args(parser, batch_size=16, max_steps=2000, eval_every=500)
     args = parse_recipe_args(parser, argv, task="bit_memory")
+    from fpt_peft.data import load_task  # the ML stack loads only once the arguments are good
+    from fpt_peft.training import train
+
     task = load_task(
         "bit_memory",
         num_train=args.num_train,

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
+from fpt_peft.arguments import add_training_args, parse_recipe_args, run_recipe
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -25,6 +24,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--num-eval", type=int, default=None, help="Use only the first N evaluation images.")
     add_training_args(parser, batch_size=16, max_steps=10_000, eval_every=2000, save_every=2000)
     args = parse_recipe_args(parser, argv, task="cifar10")
+    from fpt_peft.data import load_task  # the ML stack loads only once the arguments are good
+    from fpt_peft.training import train
+
     task = load_task(
         "cifar10", source=args.source, patch_size=args.patch_size, num_train=args.num_train, num_eval=args.num_eval
     )

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
+from fpt_peft.arguments import add_training_args, parse_recipe_args, run_recipe
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -22,6 +21,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--eval-fraction", type=float, default=0.2, help="Share held out. Default: 0.2.")
     add_training_args(parser, batch_size=32, max_steps=500, eval_every=100)
     args = parse_recipe_args(parser, argv, task="digits")
+    from fpt_peft.data import load_task  # the ML stack loads only once the arguments are good
+    from fpt_peft.training import train
+
     task = load_task("digits", patch_size=args.patch_size, eval_fraction=args.eval_fraction, seed=args.seed)
     return train(task, args)
 

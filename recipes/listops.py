@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
+from fpt_peft.arguments import add_training_args, parse_recipe_args, run_recipe
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -29,6 +28,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--truncation", action="store_true", help="Cut longer sequences to --max-tokens.")
     add_training_args(parser, batch_size=16, max_steps=2000, eval_every=500)
     args = parse_recipe_args(parser, argv, task="listops")
+    from fpt_peft.data import load_task  # the ML stack loads only once the arguments are good
+    from fpt_peft.training import train
+
     task = load_task(
         "listops",
         num_train=args.num_train,

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from fpt_peft.data import load_task
-from fpt_peft.training import add_training_args, parse_recipe_args, run_recipe, train
+from fpt_peft.arguments import add_training_args, parse_recipe_args, run_recipe
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -43,6 +42,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     add_training_args(parser, batch_size=16, max_steps=500, eval_every=100, save_every=250)
     args = parse_recipe_args(parser, argv, task="time_series")
+    from fpt_peft.data import load_task  # the ML stack loads only once the arguments are good
+    from fpt_peft.training import train
+
     task = load_task(
         "time_series",
         dataset=args.dataset,

@@ -85,3 +85,10 @@ def test_time_series_quick(tmp_path: Path) -> None:
     assert {r["label"] for r in data["input_handling"]} == {
         f"BasicMotions:{n}+{c}" for n in ("norm", "raw") for c in ("mix", "separate")
     }
+
+
+def test_cli_startup_quick(tmp_path: Path) -> None:
+    data = _run("cli_startup", tmp_path, "cli_startup-test")
+    medians = data["median_seconds"]
+    assert sum(k.endswith("--help") for k in medians) == 2
+    assert all(v > 0 for v in medians.values()) and data["slowest_help_seconds"] > 0

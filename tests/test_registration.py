@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from peft import PeftConfig, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from transformers import AutoModelForSequenceClassification
 
 import fpt_peft
 from fpt_peft import FPTConfig, FPTModel
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_registers_in_all_three_tables_idempotently() -> None:
@@ -56,3 +59,35 @@ def test_fresh_process_without_import_fails_and_model_card_says_what_to_do(save_
         [sys.executable, "-c", "import fpt_peft\n" + code], capture_output=True, text=True, timeout=120
     )
     assert with_import.returncode == 0, with_import.stderr
+
+
+# Each order in which a program can meet fpt_peft and peft: FPT is registered as soon as peft is there.
+IMPORT_ORDERS = {
+    "fpt_peft, then peft": "import fpt_peft\nimport peft",
+    "peft, then fpt_peft": "import peft\nimport fpt_peft",
+    "fpt_peft, then a submodule of peft": "import fpt_peft\nfrom peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING",
+    "the tuner's config module first": "from fpt_peft.tuner.config import FPTConfig\nimport fpt_peft",
+    "a class of fpt_peft first": "from fpt_peft import FPTConfig\nimport fpt_peft",
+    "transformers probing for peft first": (
+        "import fpt_peft\nfrom transformers.utils import is_peft_available\nassert is_peft_available()\nimport peft"
+    ),
+}
+
+
+@pytest.mark.parametrize("order", list(IMPORT_ORDERS))
+def test_fpt_is_registered_whatever_the_import_order(order: str) -> None:
+    code = IMPORT_ORDERS[order] + (
+        "\nfrom peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as m\nimport fpt_peft.tuner.config as c"
+        "\nprint(m.get('FPT') is c.FPTConfig)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+
+
+def test_import_fpt_peft_alone_loads_no_machine_learning_library() -> None:
+    code = (
+        "import sys, fpt_peft, fpt_peft.arguments\n"
+        "print([m for m in ('torch', 'peft', 'transformers', 'accelerate', 'datasets') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

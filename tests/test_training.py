@@ -17,11 +17,12 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 import fpt_peft.training as training
+from fpt_peft.arguments import TrainingArguments, add_training_args
 from fpt_peft.checkpoints import LEGACY_FILES, latest_checkpoint, list_checkpoints
 from fpt_peft.data import TaskData, TaskSpec, load_task
 from fpt_peft.metrics import load_metric
 from fpt_peft.modeling import build_model
-from fpt_peft.training import TrainingArguments, add_training_args, train
+from fpt_peft.training import train
 
 from .training_utils import assert_adapter_reloads, save_tiny_backbone
 
