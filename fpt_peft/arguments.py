@@ -133,7 +133,11 @@ def _flag(name: str) -> str:
 
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
-    """Add the :class:`TrainingArguments` flags to ``parser``; ``defaults`` overrides field defaults per recipe."""
+    """Add the :class:`TrainingArguments` flags to ``parser``; ``defaults`` overrides field defaults per recipe.
+
+    Not ``transformers.HfArgumentParser``: that one imports transformers (and torch), several seconds before
+    ``--help`` could answer, and has no per-recipe defaults; this one needs only the standard library.
+    """
     unknown = set(defaults) - {f.name for f in fields(TrainingArguments)}
     if unknown:
         raise ValueError(f"Unknown training argument default(s): {sorted(unknown)}.")

@@ -15,6 +15,10 @@ How a save survives being killed at any moment (SIGKILL, power loss):
    renamed to a ``.tmp-`` name (atomic, made durable), then removed, so a deletion killed half-way leaves a
    temporary folder, never a half-deleted checkpoint under a final name.
 
+Accelerate's own ``ProjectConfiguration(total_limit=...)`` is not used for step 3: it deletes the oldest checkpoints
+with ``shutil.rmtree`` *before* the new one is written, so a kill in between can leave fewer good checkpoints than
+asked for, or a half-deleted one under a final name.
+
 Anything starting with ``.tmp-`` is ignored by :func:`latest_checkpoint` and removed by the next save.
 :func:`list_checkpoints` also ignores ``step_*`` folders whose manifest is missing or whose files do not have the
 recorded sizes; before a resume, :func:`verify_checkpoint` checks the digests as well, and the trainer falls back to

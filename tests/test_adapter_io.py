@@ -470,3 +470,20 @@ def test_other_adapters_save_and_load_as_peft_made_them(tmp_path: Path) -> None:
     lora.save_pretrained(tmp_path / "lora-bin", safe_serialization=False)
     assert "weights_sha256" not in json.loads((tmp_path / "lora-bin" / "adapter_config.json").read_text())
     assert _same(_state(_load(tmp_path / "lora-bin")), _state(lora))
+
+
+def test_transformers_adapter_api_drives_fpt_adapters() -> None:
+    """transformers' own adapter API (PeftAdapterMixin) on a plain model: add, switch, read, delete FPT adapters.
+
+    transformers 5.24 requires peft >= 0.22 for these methods (0.21.2 is the newest peft), which is why
+    pyproject.toml caps transformers below 5.24."""
+    base = _base()
+    base.add_adapter(FPTConfig(input_dim=6, output_dim=2), adapter_name="a")
+    base.add_adapter(FPTConfig(input_dim=6, output_dim=2), adapter_name="b")
+    base.set_adapter("b")
+    assert base.active_adapters() == ["b"]
+    state = base.get_adapter_state_dict("a")
+    assert state and all(".fpt_" in key for key in state)
+    assert any("output_adapter" in key for key in state)
+    base.delete_adapter("b")
+    assert list(base.peft_config) == ["a"]
