@@ -31,7 +31,6 @@ import torch
 from benchmarks.common import (
     RESULTS_DIR,
     CurveRun,
-    bar_plot,
     environment,
     format_table,
     lr_sweep,
@@ -219,18 +218,41 @@ def report(args: argparse.Namespace, datasets: dict[str, Any], inputs: list[dict
         print(format_table(["dataset", "options", "test acc. %", "train s"], input_rows))
         print(f"wrote {json_path}")
         return data
-    png_path = bar_plot(
-        args.name,
-        [("test accuracy", groups)],
-        args.out_dir,
-        title="UCR/UEA test accuracy: FPT on MiniLM-L6 (pretrained / random) vs MiniRocket and 1-NN DTW",
-    )
+    png_path = plot(args.name, groups, args.out_dir)
     print(f"\nTime-series classification, {args.seconds / 60:.1f} min")
     print(format_table(headers, rows))
-    print("\nInput handling (FPT pretrained, lr 1e-3, seed 0):")
-    print(format_table(["dataset", "options", "test acc. %", "train s"], input_rows))
+    if input_rows:
+        print("\nInput handling (FPT pretrained, lr 1e-3, seed 0):")
+        print(format_table(["dataset", "options", "test acc. %", "train s"], input_rows))
     print(f"wrote {json_path} and {png_path}")
     return data
+
+
+def plot(name: str, groups: dict[str, dict[str, float]], out_dir: Path = RESULTS_DIR) -> Path:
+    """Grouped bars of test accuracy, one group per dataset, written to ``<out_dir>/<name>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(m for values in groups.values() for m in values))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        xs = [g + (i - (len(methods) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, [values[method] for values in groups.values()], width, label=method)
+    ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left", ncol=len(methods))
+    ax.set_title("UCR/UEA test accuracy: FPT on MiniLM-L6 (pretrained, random) vs MiniRocket and 1-NN DTW", fontsize=9)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -56,6 +56,7 @@ def test_registry_has_every_task() -> None:
         "cifar10_lra",
         "homology",
         "digits",
+        "time_series",
     }
 
 
