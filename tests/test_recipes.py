@@ -215,3 +215,16 @@ def test_bit_xor_default_model_beats_random_weights(tmp_path: Path) -> None:
     pretrained = recipe.main([*short, "--output-dir", str(tmp_path / "pretrained")])
     random = recipe.main([*short, "--output-dir", str(tmp_path / "random"), "--init", "random"])
     assert pretrained["per_bit_accuracy"] >= 0.95 and random["per_bit_accuracy"] <= 0.6, (pretrained, random)
+
+
+def test_a_mistake_in_a_two_process_run_is_reported_once(tiny: str, tmp_path: Path) -> None:
+    """Every process finds the mistake (a missing data folder); only the main one prints it."""
+    launch = ["-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate_configs/cpu_2proc.yaml"]
+    launch += ["--main_process_port", str(_free_port())]
+    failed = run_python(
+        [*launch, "recipes/homology.py", *quick_args(tiny, tmp_path / "run"), "--source", "./no-such-folder"],
+        timeout=300,
+    )
+    assert failed.returncode != 0
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("homology.py: error:")]
+    assert errors == ["homology.py: error: source='./no-such-folder' looks like a local path but does not exist."]
