@@ -159,7 +159,9 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
     return parser
 
 
-def _prepare_output_dir(args: TrainingArguments, output_dir: Path) -> None:
+def check_output_dir(args: TrainingArguments, output_dir: Path) -> None:
+    """Raise if ``output_dir`` holds an earlier run that ``args`` neither resumes nor overwrites, or if ``--resume``
+    finds no complete checkpoint there."""
     from .checkpoints import latest_checkpoint  # torch: imported only once the arguments parsed
 
     checkpoints = output_dir / "checkpoints"
@@ -183,7 +185,7 @@ def parse_recipe_args(parser: argparse.ArgumentParser, argv: list[str] | None, t
     try:
         training_args = TrainingArguments.from_namespace(args)
         check_model_name(training_args.model)
-        _prepare_output_dir(training_args, Path(training_args.output_dir or f"outputs/{task}"))
+        check_output_dir(training_args, Path(training_args.output_dir or f"outputs/{task}"))
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     return args

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .arguments import TrainingArguments, _prepare_output_dir
+from .arguments import TrainingArguments, check_output_dir
 from .checkpoints import (
     CheckpointError,
     TrainingProgress,
@@ -143,7 +143,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     spec = task.spec
     output_dir = Path(args.output_dir or f"outputs/{spec.name}")
     check_task_data(task)
-    _prepare_output_dir(args, output_dir)
+    check_output_dir(args, output_dir)
 
     accelerator = Accelerator(
         # Without CUDA, cpu=True is what turns `accelerate launch --multi_gpu --num_processes N` into one gloo group.
