@@ -464,6 +464,7 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
     for the bit tasks), ``eval_loss`` and ``train_loss`` (mean over the steps since the previous evaluation) per
     evaluation.
     """
+    import datasets
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
@@ -477,6 +478,10 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
     torch.manual_seed(run.seed)
     takes_seed = "seed" in inspect.signature(TASKS[run.task]).parameters  # archive data (time series) is fixed
     task = load_task(run.task, **run.task_kwargs, **({"seed": run.seed} if takes_seed else {}))
+    if not isinstance(task.train, datasets.Dataset):
+        raise ValueError(
+            f"{run.task}: benchmark runs train on a finite training set, not a stream ({run.task_kwargs})."
+        )
     spec = task.spec
     model = build_model(spec, run.model, init=run.init, seed=run.seed, **run.flags)  # type: ignore[arg-type]
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -48,6 +48,17 @@ class TrainingArguments:
     num_layers: int | None = field(
         default=None, metadata={"help": "Keep only the first N transformer blocks of the backbone (GPT4TS: 6)."}
     )
+    input_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout after the new continuous input layer, in [0, 1) (official code: 0.1)."},
+    )
+    embedding_init: str = field(
+        default="scaled",
+        metadata={
+            "choices": ("scaled", "normal"),
+            "help": "Init of a new symbol embedding: the base embeddings' std, or N(0, 1) as the official code.",
+        },
+    )
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate.", "aliases": ("--lr",)})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
@@ -59,8 +70,12 @@ class TrainingArguments:
         default="constant", metadata={"choices": ("constant", "cosine", "linear"), "help": "Schedule after warm-up."}
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
-    mixed_precision: str = field(
-        default="no", metadata={"choices": ("no", "bf16", "fp16"), "help": "Autocast precision (Accelerate)."}
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "choices": ("no", "bf16", "fp16"),
+            "help": "Mixed precision (Accelerate; default: the accelerate config's or launch flag's, else no).",
+        },
     )
     eval_every: int = field(default=200, metadata={"help": "Evaluate every N steps (0: only at the end)."})
     log_every: int = field(default=50, metadata={"help": "Log the training loss every N steps."})
@@ -98,6 +113,8 @@ class TrainingArguments:
         for name in ("warmup_steps", "eval_every", "save_every", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"--input-dropout must be in [0, 1), got {self.input_dropout}.")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"--num-layers must be >= 1, got {self.num_layers}.")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
@@ -125,6 +142,8 @@ class TrainingArguments:
             "train_attention": self.train_attn,
             "train_feedforward": self.train_ff,
             "num_layers": self.num_layers,
+            "input_dropout": self.input_dropout,
+            "embedding_init": self.embedding_init,
         }
 
 

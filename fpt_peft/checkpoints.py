@@ -43,7 +43,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -202,7 +202,7 @@ def estimate_checkpoint_bytes(model: torch.nn.Module, num_processes: int = 1) ->
     """
     saved = trainable = tensors = 0
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if _is_adapter_key(name):
+        if is_adapter_key(name):
             saved += tensor.numel() * tensor.element_size()
             tensors += 1
     for param in model.parameters():
@@ -296,9 +296,17 @@ def _remove_temporary(root: Path) -> None:
                     entry.unlink()
 
 
-def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike[str], step: int, keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator,
+    root: str | os.PathLike[str],
+    step: int,
+    keep: int,
+    save_more: Callable[[Path], None] | None = None,
+) -> Path:
     """Save the training state after ``step`` steps atomically and durably (all processes call this).
 
+    ``save_more(folder)``, if given, is called on every process after ``accelerator.save_state`` to write more files
+    into the checkpoint (the sharded state of :mod:`fpt_peft.sharding`); they are part of its manifest.
     Keeps the last ``keep`` complete checkpoints (at least this one); see the module docstring for the protocol.
     """
     root = Path(root)
@@ -311,6 +319,8 @@ def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike[str], step
         fault_point("temp_created", step)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temp))
+    if save_more is not None:
+        save_more(temp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         fault_point("files_written", step)
@@ -355,7 +365,8 @@ def set_aside(folder: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _is_adapter_key(key: str) -> bool:
+def is_adapter_key(key: str) -> bool:
+    """Whether a state-dict key of a PeftModel belongs to its adapter (what checkpoints and saves keep)."""
     return PREFIX in key or "modules_to_save" in key
 
 
@@ -368,14 +379,14 @@ def install_adapter_state_hooks(accelerator: Accelerator) -> None:
     def save_hook(models: list[torch.nn.Module], weights: list[dict[str, Any]], output_dir: str) -> None:
         for i, model in enumerate(models):
             state = accelerator.unwrap_model(model).state_dict()
-            weights[i] = {k: v.detach().contiguous() for k, v in state.items() if _is_adapter_key(k)}
+            weights[i] = {k: v.detach().contiguous() for k, v in state.items() if is_adapter_key(k)}
 
     def load_hook(models: list[torch.nn.Module], input_dir: str) -> None:
         if len(models) != 1:
             raise ValueError(f"Expected one model to restore, got {len(models)}.")
         model = accelerator.unwrap_model(models.pop())
         saved = load_file(os.path.join(input_dir, WEIGHTS_NAME))
-        expected = {k for k in model.state_dict() if _is_adapter_key(k)}
+        expected = {k for k in model.state_dict() if is_adapter_key(k)}
         missing, unexpected = sorted(expected - set(saved)), sorted(set(saved) - expected)
         if missing or unexpected:
             raise ValueError(
@@ -432,7 +443,7 @@ def check_writable(
 def estimate_save_bytes(model: torch.nn.Module) -> int:
     """About how many bytes ``model.save_pretrained`` needs: the adapter weights plus :data:`SAVE_MARGIN_BYTES`."""
     tensors = [*model.named_parameters(), *model.named_buffers()]
-    return SAVE_MARGIN_BYTES + sum(t.numel() * t.element_size() for name, t in tensors if _is_adapter_key(name))
+    return SAVE_MARGIN_BYTES + sum(t.numel() * t.element_size() for name, t in tensors if is_adapter_key(name))
 
 
 def _exchange(first: Path, second: Path) -> bool:
@@ -447,14 +458,19 @@ def _exchange(first: Path, second: Path) -> bool:
 
 
 def save_adapter(
-    model: Any, folder: str | os.PathLike[str], card: str | None = None, extra_files: dict[str, str] | None = None
+    model: Any,
+    folder: str | os.PathLike[str],
+    card: str | None = None,
+    extra_files: dict[str, str] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """``model.save_pretrained(folder)`` so that ``folder`` holds the old adapter or the new one whenever the process
     is killed, also with several writers at once: each save is written and synced into its own folder beside it, then
     swapped in with one atomic rename (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, between which
     a kill leaves no folder). A save that fails (no space, no permission) raises an ``OSError`` naming ``folder`` and
     leaves the adapter saved there before as it was. ``card``, if given, replaces the model card (``README.md``);
-    ``extra_files`` (file name -> text) are written into the same save.
+    ``extra_files`` (file name -> text) are written into the same save. ``state_dict`` (a sharded model's gathered
+    adapter weights, see :func:`fpt_peft.sharding.gather_adapter_state`) is saved instead of ``model.state_dict()``.
     """
     final = Path(folder).absolute()
     check_writable(final.parent, estimate_save_bytes(model), saving=final)  # ``final`` itself may be swapped meanwhile
@@ -462,7 +478,7 @@ def save_adapter(
     _remove_dead_saves(final)
     temp = Path(tempfile.mkdtemp(prefix=f"{_save_prefix(final)}{os.getpid()}-", dir=final.parent))
     try:
-        model.save_pretrained(str(temp))
+        model.save_pretrained(str(temp), **({} if state_dict is None else {"state_dict": state_dict}))
         if card is not None:
             (temp / "README.md").write_text(card, encoding="utf-8")
         for name, text in (extra_files or {}).items():

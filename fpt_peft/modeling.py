@@ -137,6 +137,8 @@ def build_model(
     train_attention: bool = False,
     train_feedforward: bool = False,
     num_layers: int | None = None,
+    input_dropout: float = 0.0,
+    embedding_init: str = "scaled",
     dtype: torch.dtype | str | None = None,
     seed: int | None = None,
 ) -> PeftModel:
@@ -152,6 +154,10 @@ def build_model(
         train_layer_norms, train_positions, train_input, train_output, train_attention, train_feedforward: the
             paper's ablation switches (see :class:`~fpt_peft.FPTConfig`).
         num_layers: keep only the first ``num_layers`` transformer blocks (GPT4TS keeps 6); None keeps all.
+        input_dropout: dropout after the new continuous input layer in training (the official code: 0.1); only for
+            tasks with continuous inputs.
+        embedding_init: ``"scaled"`` (the base embeddings' std) or ``"normal"`` (N(0, 1), the official code) for the
+            new symbol embedding; only for tasks with symbolic inputs.
         dtype: dtype of the backbone (e.g. ``torch.bfloat16``); default: as saved.
         seed: seeds the random initialisation of the backbone (``init="random"``) and of the new layers.
 
@@ -191,6 +197,8 @@ def build_model(
         train_input=train_input,
         train_output=train_output,
         num_layers=num_layers,
+        input_dropout=input_dropout,
+        embedding_init=embedding_init,
         modules_to_save=extra or None,
     )
     return get_peft_model(backbone, config)  # type: ignore[return-value]

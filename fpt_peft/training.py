@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from huggingface_hub import HfApi
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -49,6 +49,18 @@ from .data.spec import TaskData
 from .metrics import load_metric
 from .model_card import adapter_card, is_hub_id
 from .modeling import build_model
+from .sharding import (
+    SHARDED_STATE_DIR,
+    ShardingOptions,
+    full_value,
+    gather_adapter_state,
+    is_sharded,
+    load_sharded_state,
+    local_part,
+    requested_sharding,
+    save_sharded_state,
+    shard_model,
+)
 from .validation import check_task_data, model_inputs
 
 
@@ -121,6 +133,40 @@ def evaluate_model(
     return result
 
 
+def _describe_size(train: Any) -> str:
+    return "a stream of" if isinstance(train, IterableDataset) else str(len(train))
+
+
+def _stream_batches(
+    stream: IterableDataset, args: TrainingArguments, accelerator: Accelerator, skip: int
+) -> typing.Iterator[dict[str, torch.Tensor]]:
+    """Batches of an endless training stream for this process, on its device: its own shard (the processes' shards
+    are disjoint and together make up the one-process stream, batch by batch), after its first ``skip`` batches.
+
+    The stream must offer ``for_loader(batch_size, skip_batches, num_shards, shard_index)``, as
+    :class:`~fpt_peft.data.BitStream` does: skipping costs nothing, and a resumed run continues the same stream.
+    """
+    for_loader = getattr(stream, "for_loader", None)
+    if for_loader is None:
+        raise TypeError(
+            f"The train split is an IterableDataset ({type(stream).__name__}) without for_loader(batch_size, "
+            "skip_batches, num_shards, shard_index): the training loop cannot split it between processes or resume "
+            "it. Use a datasets.Dataset, or a stream like fpt_peft.data.BitStream."
+        )
+    shard = for_loader(
+        batch_size=args.batch_size,
+        skip_batches=skip,
+        num_shards=accelerator.num_processes,
+        shard_index=accelerator.process_index,
+    )
+    # Its own generator: creating the loader must not draw from the global RNG (dropout), or a resume would diverge.
+    loader = DataLoader(
+        shard, batch_size=args.batch_size, num_workers=args.num_workers, generator=torch.Generator().manual_seed(0)
+    )
+    for batch in loader:
+        yield {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+
+
 def _tracker_config(args: TrainingArguments, task: TaskData) -> dict[str, Any]:
     config = {k: ("" if v is None else v) for k, v in asdict(args).items()}  # tensorboard hparams refuse None
     config["task"] = task.spec.name
@@ -145,6 +191,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     check_task_data(task)
     check_output_dir(args, output_dir)
 
+    sharding = requested_sharding()  # before Accelerator, which fails on CPU for an FSDP1 config
     accelerator = Accelerator(
         # Without CUDA, cpu=True is what turns `accelerate launch --multi_gpu --num_processes N` into one gloo group.
         cpu=args.cpu or not torch.cuda.is_available(),
@@ -155,17 +202,26 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     )
     set_seed(args.seed)
     model = build_model(spec, args.model, seed=args.seed, **args.model_options())
-    model = model.to(accelerator.device)  # before the optimizer, so that fused Adam sees CUDA tensors
     _check_outputs(accelerator, args, model, output_dir, spec.metric)
+    # Both before the optimizer, so that it holds the final parameters (fused Adam: CUDA tensors; FSDP: shards).
+    if sharding is not None:
+        model = shard_model(model, sharding, accelerator.device, accelerator.mixed_precision)
+    else:
+        model = model.to(accelerator.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
 
     keys = model_inputs(spec)
-    sampler = EpochSampler(len(task.train), args.seed)
     loader_options: dict[str, Any] = {"num_workers": args.num_workers, "generator": torch.Generator().manual_seed(0)}
-    train_loader = DataLoader(
-        task.train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_options
-    )
+    # A finite train split is drawn in a seeded order per pass (and split between the processes by Accelerate); an
+    # endless stream (the bit tasks' official formulation) is read by each process from its own shard.
+    stream = task.train if isinstance(task.train, IterableDataset) else None
+    sampler = EpochSampler(len(task.train), args.seed) if not isinstance(task.train, IterableDataset) else None
+    train_loader = None
+    if sampler is not None:
+        train_loader = DataLoader(
+            task.train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_options
+        )
     eval_loader = DataLoader(task.eval, batch_size=args.eval_batch_size or args.batch_size, **loader_options)
     optimizer = torch.optim.Adam(
         trainable,
@@ -179,34 +235,48 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     scheduler = get_scheduler(
         schedule, optimizer, num_warmup_steps=args.warmup_steps * n, num_training_steps=args.max_steps * n
     )
-    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader, scheduler
-    )
-    if len(train_loader) == 0:
+    loaders = [eval_loader] if train_loader is None else [eval_loader, train_loader]
+    if sharding is None:
+        model, optimizer, scheduler, *loaders = accelerator.prepare(model, optimizer, scheduler, *loaders)
+    else:  # sharded already; its adapter and optimizer state go into checkpoints through save_sharded_state
+        scheduler, *loaders = accelerator.prepare(scheduler, *loaders)
+    eval_loader, *rest = loaders
+    train_loader = rest[0] if rest else None
+    if train_loader is not None and len(train_loader) == 0:
         raise ValueError(
-            f"The train split has {len(task.train)} examples, fewer than one batch of {args.batch_size} per process "
-            f"on {n} process(es). Lower --batch-size or use more training data."
+            f"The train split has {_describe_size(task.train)} examples, fewer than one batch of {args.batch_size} "
+            f"per process on {n} process(es). Lower --batch-size or use more training data."
         )
 
     progress = TrainingProgress(num_processes=n)
     accelerator.register_for_checkpointing(progress)
-    install_adapter_state_hooks(accelerator)
+    save_more = load_more = None
+    if sharding is None:
+        install_adapter_state_hooks(accelerator)
+    else:
+
+        def save_more(folder: Path) -> None:
+            save_sharded_state(model, optimizer, folder / SHARDED_STATE_DIR)
+
+        def load_more(folder: Path) -> None:
+            load_sharded_state(model, optimizer, folder / SHARDED_STATE_DIR)
+
     checkpoints = output_dir / "checkpoints"
     if args.overwrite_output_dir and accelerator.is_main_process:
         remove_checkpoints(checkpoints)
     accelerator.wait_for_everyone()
     set_seed(args.seed, device_specific=True)  # dropout differs per process; a resume restores the saved states
     if args.resume or args.resume_if_possible:
-        _resume(accelerator, checkpoints, progress, strict=args.resume)
+        _resume(accelerator, checkpoints, progress, strict=args.resume, load_more=load_more)
     else:
         accelerator.print(f"Training afresh into {output_dir}.")
 
     if args.log_with:
         accelerator.init_trackers(spec.name, config=_tracker_config(args, task))
     accelerator.print(
-        f"{spec.name}: {len(task.train)} train / {len(task.eval)} eval examples | --model {args.model} "
+        f"{spec.name}: {_describe_size(task.train)} train / {len(task.eval)} eval examples | --model {args.model} "
         f"({args.init}, {args.finetune}) | trainable {sum(p.numel() for p in trainable):,} of {total:,} parameters | "
-        f"{n} process(es) on {accelerator.device} | {output_dir}"
+        f"{n} process(es) on {accelerator.device}{_describe_sharding(sharding)} | {output_dir}"
     )
 
     metrics: dict[str, float] = {}
@@ -221,28 +291,37 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     embeds = None if spec.is_symbolic else "inputs_embeds"
     fine = torch.zeros((), dtype=torch.bool, device=accelerator.device)
     # fp16's gradient scaler expects (and skips) overflowing gradients; bf16 and fp32 have no such steps.
-    watch_gradients = args.max_grad_norm > 0 and args.mixed_precision != "fp16"
+    watch_gradients = args.max_grad_norm > 0 and accelerator.mixed_precision != "fp16"
     bar = tqdm(
         total=args.max_steps, initial=progress.step, desc=spec.name, disable=not accelerator.is_local_main_process
     )
     model.train()
     try:
         while progress.step < args.max_steps:
-            sampler.set_epoch(progress.epoch)
-            train_loader.set_epoch(progress.epoch)
-            epoch_loader = (
-                accelerator.skip_first_batches(train_loader, progress.batch) if progress.batch else train_loader
-            )
+            if stream is not None:  # endless: this loop never reaches its else
+                epoch_loader: typing.Iterable[dict[str, torch.Tensor]] = _stream_batches(
+                    stream, args, accelerator, progress.batch
+                )
+            else:
+                assert sampler is not None and train_loader is not None
+                sampler.set_epoch(progress.epoch)
+                train_loader.set_epoch(progress.epoch)
+                epoch_loader = (
+                    accelerator.skip_first_batches(train_loader, progress.batch) if progress.batch else train_loader
+                )
             for batch in epoch_loader:
                 with accelerator.accumulate(model):
                     loss = model(**_model_batch(batch, keys), labels=batch["labels"]).loss
+                    if sharding is not None:  # reduce-scatter the gradients only on the last accumulated batch
+                        model.set_requires_gradient_sync(accelerator.sync_gradients)  # type: ignore[operator]
                     accelerator.backward(loss)
                     norm = None
                     if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                    optimizer.step()
+                        norm = full_value(accelerator.clip_grad_norm_(trainable, args.max_grad_norm))
+                    if accelerator.sync_gradients:  # what a prepared optimizer does; a sharded one is not prepared
+                        optimizer.step()
+                        optimizer.zero_grad()
                     scheduler.step()
-                    optimizer.zero_grad()
                 progress.batch += 1
                 loss = loss.detach().float()
                 running_loss += loss
@@ -260,7 +339,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
                 evaluates = bool(args.eval_every and step % args.eval_every == 0) or step == args.max_steps
                 saves = bool(args.save_every and step % args.save_every == 0) or step == args.max_steps
                 if saves:  # a weight can turn non-finite without a non-finite gradient norm (no clipping, overflow)
-                    bad_weights = ~torch.stack([torch.isfinite(p).all() for p in trainable]).all()
+                    bad_weights = ~torch.stack([torch.isfinite(local_part(p)).all() for p in trainable]).all()
                     health[3] = torch.where(bad_weights & (health[3] == 0), step, health[3])
                 if logs or evaluates or saves:
                     _check_health(accelerator, health, embeds, args, checkpoints)
@@ -276,7 +355,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
                     accelerator.log({f"eval_{k}" if k != "eval_loss" else k: v for k, v in metrics.items()}, step=step)
                     accelerator.print(_describe(step, metrics))
                 if saves:
-                    save_checkpoint(accelerator, checkpoints, step, args.keep_checkpoints)
+                    save_checkpoint(accelerator, checkpoints, step, args.keep_checkpoints, save_more)
                 if step >= args.max_steps:
                     break
             else:
@@ -368,7 +447,7 @@ def _check_health(
     where = f" (process {rank})" if accelerator.num_processes > 1 else ""
     settings = (
         f"--learning-rate {args.learning_rate:g}, --max-grad-norm {args.max_grad_norm:g}, --mixed-precision "
-        f"{args.mixed_precision}"
+        f"{accelerator.mixed_precision}"
     )
     if _HEALTH[kind] == "inputs":
         message = (
@@ -394,8 +473,15 @@ def _check_health(
     raise NonFiniteError(message, step=step, kind=_HEALTH[kind])
 
 
-def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgress, strict: bool) -> None:
-    """Load the last complete checkpoint, if any (model adapter, optimizer, scheduler, RNG states, progress).
+def _resume(
+    accelerator: Accelerator,
+    checkpoints: Path,
+    progress: TrainingProgress,
+    strict: bool,
+    load_more: typing.Callable[[Path], None] | None = None,
+) -> None:
+    """Load the last complete checkpoint, if any (model adapter, optimizer, scheduler, RNG states, progress), and
+    what ``load_more(folder)`` restores (a sharded model's adapter and optimizer state).
 
     Checkpoints whose files no longer match their manifest (damaged after they were written) are renamed to
     ``step_XXXXXX.damaged`` and the previous one is used.
@@ -428,6 +514,8 @@ def _resume(accelerator: Accelerator, checkpoints: Path, progress: TrainingProgr
             f"{last} was written by a run with {progress.num_processes} process(es); resume it with the same number "
             f"(this run has {processes})."
         )
+    if load_more is not None:
+        load_more(last)
     accelerator.print(f"Resumed from {last} at step {progress.step}.")
 
 
@@ -439,8 +527,9 @@ def _save_adapter(
     args: TrainingArguments,
     task: TaskData,
 ) -> None:
-    """Write the final adapter with its model card, and the metrics (main process only); push the adapter folder to
-    ``args.push_to_hub`` if given."""
+    """Write the final adapter with its model card, and the metrics (main process only; a sharded model's adapter is
+    gathered first, by every process); push the adapter folder to ``args.push_to_hub`` if given."""
+    state = gather_adapter_state(model, accelerator.device) if is_sharded(model) else None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         adapter = accelerator.unwrap_model(model)
@@ -450,12 +539,12 @@ def _save_adapter(
             base_model=base or None,
             dataset=task.source if is_hub_id(task.source) else None,
             metrics=metrics,
-            setup=_card_setup(args, accelerator.num_processes),
+            setup=_card_setup(args, accelerator, is_sharded(model)),
         )
         labels = None
         if task.label_names is not None:
             labels = {"labels.json": json.dumps({"id2label": dict(enumerate(task.label_names))}, indent=2) + "\n"}
-        save_adapter(adapter, output_dir / "adapter", card=str(card), extra_files=labels)
+        save_adapter(adapter, output_dir / "adapter", card=str(card), extra_files=labels, state_dict=state)
         _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
         if args.push_to_hub:
@@ -468,7 +557,7 @@ def _save_adapter(
     accelerator.wait_for_everyone()
 
 
-def _card_setup(args: TrainingArguments, processes: int) -> dict[str, Any]:
+def _card_setup(args: TrainingArguments, accelerator: Accelerator, sharded: bool) -> dict[str, Any]:
     """The training options a model card reports."""
     options = args.model_options()
     trained = [g for g, key in _GROUPS.items() if options[key]]
@@ -480,9 +569,10 @@ def _card_setup(args: TrainingArguments, processes: int) -> dict[str, Any]:
         "transformer blocks kept": "all" if args.num_layers is None else args.num_layers,
         "learning rate": args.learning_rate,
         "batch size (per process)": args.batch_size,
-        "processes": processes,
+        "processes": accelerator.num_processes,
+        "parallelism": "sharded (FSDP2)" if sharded else "data parallel" if accelerator.num_processes > 1 else "none",
         "steps": args.max_steps,
-        "mixed precision": args.mixed_precision,
+        "mixed precision": accelerator.mixed_precision,
         "seed": args.seed,
     }
 
@@ -506,6 +596,20 @@ def _write_atomically(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
     os.replace(temp, path)
     fsync_dir(path.parent)
+
+
+def _describe_sharding(sharding: ShardingOptions | None) -> str:
+    if sharding is None:
+        return ""
+    extras = [
+        name
+        for name, on in (
+            ("CPU offload", sharding.offload),
+            ("activation checkpointing", sharding.activation_checkpointing),
+        )
+        if on
+    ]
+    return ", sharded (FSDP2" + "".join(f", {e}" for e in extras) + ")"
 
 
 def _describe(step: int, metrics: dict[str, float]) -> str:

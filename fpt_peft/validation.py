@@ -6,13 +6,17 @@ forward pass.
 
 from __future__ import annotations
 
+import itertools
+
 import datasets
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset
 
 from .data.spec import TaskData, TaskSpec
 
 _CHUNK = 8192
+_STREAM_CHECKED = 8  # examples of an endless train stream checked before training
 
 
 def model_inputs(spec: TaskSpec) -> tuple[str, ...]:
@@ -26,10 +30,14 @@ def check_task_data(task: TaskData) -> None:
 
     Checks: required columns present; splits not empty; the first example's shapes (tokens, input width, label
     shape) match the spec; every label lies in ``[0, num_classes)`` and every input id in ``[0, input_vocab_size)``.
+    An endless train stream (``torch.utils.data.IterableDataset``) is checked on its first examples.
     """
     spec = task.spec
     for split_name, split in (("train", task.train), ("eval", task.eval)):
         where = f"Task {spec.name!r}, {split_name} split"
+        if split_name == "train" and isinstance(split, IterableDataset):
+            _check_stream(spec, split, where)
+            continue
         if not isinstance(split, datasets.Dataset):
             raise TypeError(f"{where}: expected a datasets.Dataset, got {type(split).__name__}.")
         required = (*model_inputs(spec), "labels")
@@ -43,6 +51,24 @@ def check_task_data(task: TaskData) -> None:
             raise ValueError(f"{where} is empty.")
         _check_first_example(spec, split[0], where)
         _check_ranges(spec, split, where)
+
+
+def _check_stream(spec: TaskSpec, stream: IterableDataset, where: str, count: int = _STREAM_CHECKED) -> None:
+    """Check the first ``count`` examples of an endless stream: keys, shapes and label range."""
+    examples = list(itertools.islice(iter(stream), count))
+    if not examples:
+        raise ValueError(f"{where} is empty.")
+    required = ("input_ids" if spec.is_symbolic else "inputs_embeds", "labels")
+    for example in examples:
+        missing = [k for k in required if k not in example]
+        if missing:
+            raise ValueError(f"{where}: stream examples lack {missing} (found {sorted(example)}).")
+        _check_first_example(spec, example, where)
+        labels = torch.as_tensor(example["labels"])
+        if labels.is_floating_point() or int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes:
+            raise ValueError(
+                f"{where}: labels must be integers in [0, num_classes={spec.num_classes}), found {labels.tolist()}."
+            )
 
 
 def _check_first_example(spec: TaskSpec, example: dict[str, object], where: str) -> None:

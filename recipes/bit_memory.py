@@ -6,6 +6,8 @@ defaults here are a smaller instance (100-bit strings) that trains in minutes on
 
     python recipes/bit_memory.py
     accelerate launch recipes/bit_memory.py --n-bits 1000 --patch-size 50 --max-steps 10000
+
+Add ``--stream`` for the official code's data: a fresh random batch every step instead of ``--num-train`` examples.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--n-bits", type=int, default=100, help="Bits per string (paper: 1000). Default: 100.")
     data.add_argument("--patch-size", type=int, default=10, help="Bits per token (paper: 50). Default: 10.")
     data.add_argument("--mask-prob", type=float, default=0.5, help="Masking probability of the query. Default: 0.5.")
+    data.add_argument(
+        "--stream",
+        action="store_true",
+        help="A fresh random batch every step, as the official code (--num-train is then unused).",
+    )
     data.add_argument("--num-train", type=int, default=20_000, help="Training examples. Default: 20000.")
     data.add_argument("--num-eval", type=int, default=500, help="Evaluation examples. Default: 500.")
     add_training_args(parser, batch_size=16, max_steps=2000, eval_every=500)
@@ -32,12 +39,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     task = load_task(
         "bit_memory",
-        num_train=args.num_train,
+        num_train=None if args.stream else args.num_train,
         num_eval=args.num_eval,
         n_strings=args.n_strings,
         n_bits=args.n_bits,
         patch_size=args.patch_size,
         mask_prob=args.mask_prob,
+        stream=args.stream,
         seed=args.seed,
     )
     return train(task, args)

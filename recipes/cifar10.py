@@ -5,6 +5,9 @@
 
     accelerate launch recipes/cifar10.py
     accelerate launch recipes/cifar10.py --model gpt2 --max-steps 20000
+
+``--augment`` adds the official code's training augmentation (on by default there): random crop with padding 4,
+horizontal flip, rotation up to 20 degrees, on the train split only.
 """
 
 from __future__ import annotations
@@ -22,13 +25,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--patch-size", type=int, default=4, help="Patch side in pixels. Default: 4.")
     data.add_argument("--num-train", type=int, default=None, help="Use only the first N training images.")
     data.add_argument("--num-eval", type=int, default=None, help="Use only the first N evaluation images.")
+    data.add_argument(
+        "--augment",
+        action="store_true",
+        help="The official training augmentation (train split only): random crop (padding 4), horizontal flip, "
+        "rotation up to 20 degrees.",
+    )
     add_training_args(parser, batch_size=16, max_steps=10_000, eval_every=2000, save_every=2000)
     args = parse_recipe_args(parser, argv, task="cifar10")
     from fpt_peft.data import load_task  # the ML stack loads only once the arguments are good
     from fpt_peft.training import train
 
     task = load_task(
-        "cifar10", source=args.source, patch_size=args.patch_size, num_train=args.num_train, num_eval=args.num_eval
+        "cifar10",
+        source=args.source,
+        patch_size=args.patch_size,
+        num_train=args.num_train,
+        num_eval=args.num_eval,
+        augment=args.augment,
     )
     return train(task, args)
 

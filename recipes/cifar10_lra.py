@@ -6,6 +6,9 @@ its schema (``img``, ``label``):
 
     accelerate launch recipes/cifar10_lra.py
     python recipes/cifar10_lra.py --model minilm --patch-size 2     # 256 tokens fit MiniLM's 512 positions
+
+``--augment`` adds the official code's training augmentation, which its grey CIFAR-10 uses too (on by default there):
+random crop with padding 4, horizontal flip, rotation up to 20 degrees, on the grey train images only.
 """
 
 from __future__ import annotations
@@ -23,13 +26,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--patch-size", type=int, default=1, help="Patch side in pixels (LRA: 1). Default: 1.")
     data.add_argument("--num-train", type=int, default=None, help="Use only the first N training images.")
     data.add_argument("--num-eval", type=int, default=None, help="Use only the first N evaluation images.")
+    data.add_argument(
+        "--augment",
+        action="store_true",
+        help="The official training augmentation (train split only): random crop (padding 4), horizontal flip, "
+        "rotation up to 20 degrees.",
+    )
     add_training_args(parser, model="gpt2", batch_size=16, max_steps=10_000, eval_every=2000, save_every=2000)
     args = parse_recipe_args(parser, argv, task="cifar10_lra")
     from fpt_peft.data import load_task  # the ML stack loads only once the arguments are good
     from fpt_peft.training import train
 
     task = load_task(
-        "cifar10_lra", source=args.source, patch_size=args.patch_size, num_train=args.num_train, num_eval=args.num_eval
+        "cifar10_lra",
+        source=args.source,
+        patch_size=args.patch_size,
+        num_train=args.num_train,
+        num_eval=args.num_eval,
+        augment=args.augment,
     )
     return train(task, args)
 

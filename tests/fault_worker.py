@@ -53,8 +53,8 @@ from fpt_peft.checkpoints import (  # noqa: E402
     FAULT_ENV,
     SAVE_PHASES,
     WEIGHTS_NAME,
-    _is_adapter_key,
     checkpoint_step,
+    is_adapter_key,
     latest_checkpoint,
     verify_checkpoint,
 )
@@ -128,7 +128,7 @@ def _run(task: TaskData, model: str, out: Path, fault: str, report: Path | None,
         def resume(accelerator: Any, checkpoints: Path, progress: Any, strict: bool) -> None:
             original(accelerator, checkpoints, progress, strict)
             state = accelerator.unwrap_model(accelerator._models[0]).state_dict()
-            adapter = {k: v.detach().clone().contiguous() for k, v in state.items() if _is_adapter_key(k)}
+            adapter = {k: v.detach().clone().contiguous() for k, v in state.items() if is_adapter_key(k)}
             temp = report.with_suffix(".tmp")
             save_file(adapter, str(temp), metadata={"step": str(progress.step)})
             os.replace(temp, report)

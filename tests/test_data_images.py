@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fpt_peft.data import cifar10, cifar10_lra, digits, mnist, patchify, unpatchify
+from fpt_peft.data.images import augment, random_crop, rotate
 
 # The official FPT code's constants (torchvision's Normalize and Grayscale), written out independently.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -188,3 +190,123 @@ def test_digits_offline_task() -> None:
         digits(patch_size=3)
     with pytest.raises(ValueError, match=r"eval_fraction must be in \(0, 1\)"):
         digits(eval_fraction=1.0)
+
+
+# ------------------------------------------------------------------------------- the official augmentation
+# universal_computation/datasets/cifar10.py (training): ToTensor(), RandomCrop(32, padding=4), RandomHorizontalFlip(),
+# RandomRotation(20), Normalize(...); cifar10_gray.py the same with Grayscale first. torchvision's defaults: crop fill
+# 0, flip p=0.5, rotation nearest, fill 0, about the centre, same size. Re-implemented here independently.
+def reference_crop(image: np.ndarray, row: int, col: int, padding: int = 4) -> np.ndarray:
+    c, h, w = image.shape
+    padded = np.zeros((c, h + 2 * padding, w + 2 * padding), dtype=image.dtype)
+    padded[:, padding : padding + h, padding : padding + w] = image
+    return padded[:, row : row + h, col : col + w]
+
+
+def reference_rotate(image: np.ndarray, angle: float) -> np.ndarray:
+    """torchvision's F.rotate(tensor, angle): each output pixel takes the input pixel at the inverse rotation of its
+    position about the image centre (``_get_inverse_affine_matrix(centre, -angle, ...)``), nearest, fill 0."""
+    _, h, w = image.shape
+    rot = math.radians(-angle)
+    a, b, cc, d = math.cos(rot), -math.sin(rot), math.sin(rot), math.cos(rot)
+    inverse = [[d, -b], [-cc, a]]
+    out = np.zeros_like(image)
+    for i in range(h):
+        for j in range(w):
+            x, y = j - (w - 1) / 2, i - (h - 1) / 2  # pixel centres, relative to the image centre
+            src_x = inverse[0][0] * x + inverse[0][1] * y + (w - 1) / 2
+            src_y = inverse[1][0] * x + inverse[1][1] * y + (h - 1) / 2
+            sj, si = round(src_x), round(src_y)  # nearest (half to even, as grid_sample)
+            if 0 <= si < h and 0 <= sj < w:
+                out[:, i, j] = image[:, si, sj]
+    return out
+
+
+def test_random_crop_is_pad_then_slice() -> None:
+    x = torch.rand(3, 2, 8, 8)
+    offsets = torch.tensor([[0, 8], [3, 5], [4, 4]])
+    out = random_crop(x, offsets)
+    for k, (row, col) in enumerate(offsets.tolist()):
+        assert np.array_equal(out[k].numpy(), reference_crop(x[k].numpy(), row, col))
+    assert torch.equal(out[2], x[2])  # offset (4, 4): the image itself
+
+
+@pytest.mark.parametrize(("size", "angle"), [((8, 8), 17.3), ((8, 8), -11.2), ((7, 9), 13.0), ((9, 7), -19.9)])
+def test_rotate_matches_torchvision_formula(size: tuple[int, int], angle: float) -> None:
+    x = torch.rand(1, 2, *size)
+    out = rotate(x, torch.tensor([angle]))
+    assert np.array_equal(out[0].numpy(), reference_rotate(x[0].numpy(), angle))
+    assert (out[0] == 0).any()  # the corners come from outside: fill 0
+
+
+def test_rotate_special_angles() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(rotate(x, torch.tensor([0.0, 90.0]))[0], x[0])
+    assert torch.equal(rotate(x, torch.tensor([0.0, 90.0]))[1], torch.rot90(x[1], 1, dims=(-2, -1)))  # anticlockwise
+
+
+def test_augment_is_crop_flip_rotate_with_torchvisions_draws() -> None:
+    x = torch.rand(6, 3, 32, 32)
+    out = augment(x, torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(11)
+    flipped = 0
+    for k in range(6):  # per image, torchvision's calls in its order: crop row, crop column, flip, angle
+        row = int(torch.randint(0, 9, (1,), generator=g))
+        col = int(torch.randint(0, 9, (1,), generator=g))
+        flip = bool(torch.rand(1, generator=g) < 0.5)
+        angle = float(torch.empty(1).uniform_(-20.0, 20.0, generator=g))
+        expected = torch.from_numpy(reference_crop(x[k].numpy(), row, col))
+        if flip:
+            expected = torch.flip(expected, dims=[-1])
+            flipped += 1
+        assert np.array_equal(out[k].numpy(), reference_rotate(expected.numpy(), angle)), k
+    assert 0 < flipped < 6
+    assert torch.equal(augment(x, torch.Generator().manual_seed(11)), out)  # deterministic given the seed
+
+
+def test_augmentation_on_the_train_split_only(tmp_path: Path) -> None:
+    train, test = _pixels(4, 32, 3, 7), _pixels(3, 32, 3, 8)
+    _write_parquet(tmp_path / "cifar", "img", {"train": train, "test": test})
+    plain = cifar10(source=str(tmp_path / "cifar"))
+    data = cifar10(source=str(tmp_path / "cifar"), augment=True)
+    for _ in range(2):
+        assert torch.equal(data.eval[:]["inputs_embeds"], plain.eval[:]["inputs_embeds"])  # never augmented
+    torch.manual_seed(5)
+    got = data.train[:]["inputs_embeds"]
+    torch.manual_seed(5)  # torch's global generator, as torchvision's transforms (seeded by the training loop)
+    images = augment(torch.from_numpy(train).float().permute(0, 3, 1, 2) / 255)
+    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(got, patchify((images - mean) / std, 4))  # augmented in [0, 1], then normalised
+    assert not torch.equal(got, plain.train[:]["inputs_embeds"])
+    assert not torch.equal(data.train[:]["inputs_embeds"], got)  # fresh draws at every access
+    pickle.loads(pickle.dumps(data.train))  # DataLoader workers get a copy
+
+    lra = cifar10_lra(source=str(tmp_path / "cifar"), augment=True)
+    lra_plain = cifar10_lra(source=str(tmp_path / "cifar"))
+    assert torch.equal(lra.eval[:]["inputs_embeds"], lra_plain.eval[:]["inputs_embeds"])
+    torch.manual_seed(6)
+    got = lra.train[:]["inputs_embeds"]
+    torch.manual_seed(6)
+    grey = (torch.from_numpy(train).float() / 255 * torch.tensor(GREY_WEIGHTS)).sum(-1)[:, None]
+    torch.testing.assert_close(got, patchify((augment(grey) - 0.5) / 0.5, 1))  # grey first, as cifar10_gray.py
+    with pytest.raises(TypeError, match="augment must be a bool"):
+        cifar10(source=str(tmp_path / "cifar"), augment="yes")
+
+
+@pytest.mark.parametrize("recipe", ["cifar10", "cifar10_lra"])
+def test_augment_flag_reaches_load_task(recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fpt_peft.data
+
+    from .training_utils import load_recipe
+
+    seen: list[dict] = []
+
+    def fake_load_task(name: str, **kwargs: object) -> None:
+        seen.append(kwargs)
+        raise LookupError("stop")
+
+    monkeypatch.setattr(fpt_peft.data, "load_task", fake_load_task)
+    for argv in ([], ["--augment"]):
+        with pytest.raises(LookupError):
+            load_recipe(recipe).main([*argv, "--output-dir", str(tmp_path / "run")])
+    assert [s["augment"] for s in seen] == [False, True]

@@ -298,3 +298,46 @@ def test_existing_checkpoints_need_resume_or_overwrite(tiny: str, xor: TaskData,
     with pytest.raises(FileExistsError, match="--resume"):
         run(xor, tiny, tmp_path, max_steps=2)
     assert run(xor, tiny, tmp_path, max_steps=2, overwrite_output_dir=True)["step"] == 2
+
+
+# ------------------------------------------------------------------------------------------------ endless streams
+def test_a_stream_trains_a_fresh_batch_each_step_and_resumes_bit_identically(tiny: str, tmp_path: Path) -> None:
+    """The official bit tasks' formulation: every step reads the next batch of the stream, none twice; a run stopped
+    after its checkpoint at step 3 and resumed ends where an uninterrupted one does."""
+    task = load_task("bit_xor", num_train=None, num_eval=16, n_bits=5, patch_size=5, values="01", stream=True)
+    seen: list[torch.Tensor] = []
+    model = build_model(task.spec, tiny, seed=0)
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].clone()) if module.training else None,
+        with_kwargs=True,
+    )
+    original = training.build_model
+    training.build_model = lambda *a, **k: model  # type: ignore[assignment]
+    try:
+        run(task, tiny, tmp_path / "seen", max_steps=3)
+    finally:
+        training.build_model = original  # type: ignore[assignment]
+        hook.remove()
+    expected = torch.stack([task.train.example(i)["inputs_embeds"] for i in range(24)]).reshape(3, 8, -1, 5)
+    assert torch.equal(torch.stack(seen), expected)  # batch k is examples 8k .. 8k+7 of the stream
+
+    straight = tmp_path / "straight"
+    run(task, tiny, straight, max_steps=6, save_every=3)
+    stopped = tmp_path / "stopped"
+    run(task, tiny, stopped, max_steps=3, save_every=3)
+    resumed = run(task, tiny, stopped, max_steps=6, save_every=3, resume=True)
+    assert resumed["step"] == 6
+    a = load_file(str(straight / "adapter/adapter_model.safetensors"))
+    b = load_file(str(stopped / "adapter/adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_iterable_dataset_without_for_loader_is_refused(tiny: str, tmp_path: Path) -> None:
+    class Plain(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            while True:
+                yield {"inputs_embeds": torch.zeros(2, 5), "labels": torch.zeros(5, dtype=torch.long)}
+
+    task = load_task("bit_xor", num_train=None, num_eval=8, n_bits=5, patch_size=5, stream=True)
+    with pytest.raises(TypeError, match="without for_loader"):
+        run(TaskData(spec=task.spec, train=Plain(), eval=task.eval), tiny, tmp_path / "plain", max_steps=1)

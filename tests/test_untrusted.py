@@ -224,6 +224,11 @@ BAD_FIELDS = [
     ("input_init_gain", float("inf")),
     ("input_init_gain", "1.41"),
     ("input_init_gain", True),
+    ("input_dropout", 1.0),
+    ("input_dropout", "0.1"),
+    ("input_dropout", float("nan")),
+    ("embedding_init", "uniform"),
+    ("embedding_init", "normal"),  # this adapter has a continuous input layer, not a symbol embedding
     ("train_layer_norms", "true"),
     ("train_positions", 1),
     ("inference_mode", "yes"),
@@ -391,6 +396,8 @@ INVALID: dict[str, st.SearchStrategy[Any]] = {
     "pad_token_id": _not_int(0),
     "input_init_gain": st.floats().filter(lambda g: not (0 < g < 1e3))
     | st.sampled_from([math.nan, math.inf, True, "1.4", None]),
+    "input_dropout": st.floats().filter(lambda p: not (0 <= p < 1)) | st.sampled_from([math.nan, True, "0.1", None]),
+    "embedding_init": st.text(max_size=8).filter(lambda t: t not in ("scaled", "normal")) | st.integers() | st.none(),
     "train_layer_norms": st.integers() | st.text(max_size=3) | st.none(),
     "train_output": st.integers() | st.floats() | st.none(),
     "inference_mode": st.integers() | st.text(max_size=3),

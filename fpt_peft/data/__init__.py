@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .bits import bit_memory, bit_xor
+from .bits import BitStream, bit_memory, bit_xor
 from .homology import homology
 from .images import cifar10, cifar10_lra, digits, mnist, patchify, unpatchify
 from .listops import evaluate_listops, generate_listops, listops
@@ -38,6 +38,7 @@ def load_task(name: str, **kwargs: Any) -> TaskData:
 
 __all__ = [
     "TASKS",
+    "BitStream",
     "TaskData",
     "TaskSpec",
     "bit_memory",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
     "validation": ("validation", "valid", "val", "dev"),
 }
 _DATA_SUFFIXES = {".parquet": "parquet", ".csv": "csv"}
+LENGTH_POLICIES = ("error", "truncate", "drop")
+"""What a loader does with sequences longer than ``max_tokens``: raise, cut them, or leave those examples out."""
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
@@ -38,9 +41,13 @@ def continuous_dataset(inputs: np.ndarray, labels: np.ndarray) -> datasets.Datas
     return datasets.Dataset.from_dict(data, features=features).with_format("torch")
 
 
-def symbolic_dataset(ids: Sequence[Sequence[int]], labels: Sequence[int], length: int) -> datasets.Dataset:
+def symbolic_dataset(
+    ids: Sequence[Sequence[int]], labels: Sequence[int], length: int, attention_mask: bool = True
+) -> datasets.Dataset:
     """In-memory dataset of right-padded ``input_ids`` (pad id 0), ``attention_mask`` and ``labels``.
 
+    With ``attention_mask=False`` the mask column is left out: the model then attends to the padding too and the
+    output layer reads the last position (the official FPT code's fixed-length, unmasked ListOps input).
     Ids and mask are stored as int16 to save memory; the torch format returns them as int64.
     """
     padded = np.zeros((len(ids), length), dtype=np.int16)
@@ -48,15 +55,16 @@ def symbolic_dataset(ids: Sequence[Sequence[int]], labels: Sequence[int], length
     for row, seq in enumerate(ids):
         padded[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
-    features = datasets.Features(
-        {
-            "input_ids": datasets.Sequence(datasets.Value("int16"), length=length),
-            "attention_mask": datasets.Sequence(datasets.Value("int16"), length=length),
-            "labels": datasets.Value("int64"),
-        }
-    )
-    data = {"input_ids": padded, "attention_mask": mask, "labels": np.asarray(labels, dtype=np.int64)}
-    return datasets.Dataset.from_dict(data, features=features).with_format("torch")
+    columns: dict[str, datasets.Sequence | datasets.Value] = {
+        "input_ids": datasets.Sequence(datasets.Value("int16"), length=length)
+    }
+    data: dict[str, np.ndarray] = {"input_ids": padded}
+    if attention_mask:
+        columns["attention_mask"] = datasets.Sequence(datasets.Value("int16"), length=length)
+        data["attention_mask"] = mask
+    columns["labels"] = datasets.Value("int64")
+    data["labels"] = np.asarray(labels, dtype=np.int64)
+    return datasets.Dataset.from_dict(data, features=datasets.Features(columns)).with_format("torch")
 
 
 def fit_lengths(
@@ -68,12 +76,58 @@ def fit_lengths(
         if not truncation:
             raise ValueError(
                 f"The longest sequence has {longest} tokens, more than max_tokens={max_tokens}. "
-                "Pass truncation=True to cut sequences to max_tokens, or raise max_tokens."
+                "Pass truncation=True (length_policy='truncate') to cut sequences to max_tokens, "
+                "length_policy='drop' to leave those examples out, or raise max_tokens."
             )
         train = [s[:max_tokens] for s in train]
         eval_ = [s[:max_tokens] for s in eval_]
         longest = max_tokens
     return train, eval_, longest
+
+
+def resolve_length_policy(length_policy: str | None, truncation: bool, default: str = "error") -> str:
+    """The length policy a loader applies: ``length_policy`` if given, else ``"truncate"`` when ``truncation`` is
+    set, else ``default``. Raises a ValueError for an unknown policy or one that contradicts ``truncation=True``."""
+    if length_policy is None:
+        return "truncate" if truncation else default
+    if length_policy not in LENGTH_POLICIES:
+        raise ValueError(f"length_policy must be one of {LENGTH_POLICIES}, got {length_policy!r}.")
+    if truncation and length_policy != "truncate":
+        raise ValueError(f"truncation=True contradicts length_policy={length_policy!r}; pass one of them.")
+    return length_policy
+
+
+def drop_longer(
+    ids: list[list[int]], labels: list[int], max_tokens: int, split: str, task: str
+) -> tuple[list[list[int]], list[int]]:
+    """Leave out the examples of ``split`` whose sequence is longer than ``max_tokens`` (length policy ``"drop"``).
+
+    Warns with the count when any is left out; raises a ValueError naming ``max_tokens`` when none is left.
+    """
+    keep = [i for i, seq in enumerate(ids) if len(seq) <= max_tokens]
+    dropped = len(ids) - len(keep)
+    if not keep:
+        raise ValueError(
+            f"Every one of the {len(ids)} {split} examples of {task!r} is longer than max_tokens={max_tokens} "
+            f"(the shortest has {min(len(s) for s in ids)} tokens); raise max_tokens or use another length policy."
+        )
+    if dropped:
+        warnings.warn(
+            f"{task}: left out {dropped} of {len(ids)} {split} examples longer than max_tokens={max_tokens} "
+            "(length_policy='drop').",
+            stacklevel=3,
+        )
+    return [ids[i] for i in keep], [labels[i] for i in keep]
+
+
+def eval_split_name(eval_split: str) -> str:
+    """``"test"`` or ``"validation"`` for an evaluation split's name or alias (``"valid"``, ``"val"``, ``"dev"``);
+    a ValueError for anything else."""
+    for split in ("test", "validation"):
+        if eval_split in SPLIT_ALIASES[split]:
+            return split
+    aliases = ", ".join(repr(a) for a in SPLIT_ALIASES["validation"][1:])
+    raise ValueError(f"eval_split must be 'test' or 'validation' (or {aliases}), got {eval_split!r}.")
 
 
 def cap(dataset: datasets.Dataset, limit: int | None, name: str) -> datasets.Dataset:
@@ -146,11 +200,12 @@ def load_splits(
 
     ``source`` is a hub dataset id (loaded with ``datasets.load_dataset(source)``) or a local directory:
     data files (``formats``, e.g. parquet or csv) are found recursively and assigned to splits by name
-    (``train*``, ``test*``, ``valid*``/``validation*``); with ``image_folder=True`` a directory without
-    such files is loaded as an ``imagefolder`` tree (``train/<class>/*.png``, ``test/<class>/*.png``).
+    (``train*``, ``test*``, ``valid*``/``validation*``); only the train and ``eval_split`` files need to be there
+    (``eval_split`` is ``"test"``, ``"validation"`` or an alias of it: ``"valid"``, ``"val"``, ``"dev"``). With
+    ``image_folder=True`` a directory without such files is loaded as an ``imagefolder`` tree
+    (``train/<class>/*.png``, ``test/<class>/*.png``).
     """
-    if eval_split not in SPLIT_ALIASES or eval_split == "train":
-        raise ValueError(f"eval_split must be 'test' or 'validation', got {eval_split!r}.")
+    eval_split = eval_split_name(eval_split)
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -163,8 +218,11 @@ def load_splits(
             fmt, files = found
             for split in ("train", eval_split):
                 if split not in files:
+                    hint = (
+                        " Choose the evaluation split with eval_split (--eval-split)." if split == eval_split else ""
+                    )
                     raise ValueError(
-                        f"No {split!r} split files under {source!r}; found {fmt} files for {sorted(files)}."
+                        f"No {split!r} split files under {source!r}; found {fmt} files for {sorted(files)}.{hint}"
                     )
             wanted = {split: files[split] for split in ("train", eval_split)}
             loaded = datasets.load_dataset(fmt, data_files=wanted)

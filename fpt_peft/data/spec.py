@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import datasets
+
+if TYPE_CHECKING:
+    from torch.utils.data import IterableDataset
 
 METRICS = ("accuracy", "per_bit_accuracy")
 
@@ -28,7 +32,8 @@ class TaskSpec:
     ``(batch, output_tokens * values_per_token, num_classes)``, or ``(batch, num_classes)`` when that
     product is 1. Labels are int64 of shape ``()`` for single-value tasks and
     ``(output_tokens * values_per_token,)`` otherwise. For padded symbolic inputs "last token" means
-    the last real token (``attention_mask == 1``).
+    the last real token (``attention_mask == 1``); data without an ``attention_mask`` column (inputs padded
+    to a fixed length and unmasked, as the official FPT code's ListOps) is read at the last position.
 
     ``max_tokens`` is the sequence length every example of the task has (the longest the data produces),
     to be checked against the model's number of positions. ``metric`` is ``"accuracy"`` (per example)
@@ -92,10 +97,14 @@ class TaskSpec:
 
 @dataclass
 class TaskData:
-    """A task's spec with its train split and its evaluation (test or validation) split."""
+    """A task's spec with its train split and its evaluation (test or validation) split.
+
+    The train split is a ``datasets.Dataset``, or an endless ``torch.utils.data.IterableDataset`` of fresh examples
+    (the bit tasks with ``stream=True``: :class:`~fpt_peft.data.bits.BitStream`); the eval split is always finite.
+    """
 
     spec: TaskSpec
-    train: datasets.Dataset
+    train: datasets.Dataset | IterableDataset
     eval: datasets.Dataset
     source: str | None = None
     """Where the data came from: a Hub dataset id or a local folder (None: generated)."""

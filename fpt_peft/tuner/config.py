@@ -29,6 +29,7 @@ _FLAGS = (
 _OPTIONAL_STRS = ("base_model_name_or_path", "revision", "peft_version", "base_model_type")
 # Bounds on untrusted adapter_config.json files: a 2**40-row embedding would exhaust memory before any useful error.
 MAX_SIZE = 2**24
+EMBEDDING_INITS = ("scaled", "normal")  # FPTConfig.embedding_init: base embeddings' std, or N(0, 1) as nn.Embedding
 _QUALIFIED_PARAMETER = re.compile(r"[^.\s]+(\.[^.\s]+)+")  # "module.path.parameter"
 
 MODEL_CARD_NOTE = (
@@ -86,6 +87,18 @@ class FPTConfig(PeftConfig):
         train_attention, train_feedforward (`bool`): also train the self-attention / feed-forward linears of every
             block (off in FPT; on for the paper's ablations).
         input_init_gain (`float`): gain of the orthogonal initialisation of the continuous input layer.
+        input_dropout (`float`):
+            Dropout probability in [0, 1) applied right after the continuous input layer (`input_dim`) in training
+            mode, as the official code's `nn.Dropout(0.1)` after its input `Linear`. Default 0.0: adapters saved
+            before this field existed reload (and keep training) exactly as they were trained, and the backbone's own
+            dropout already follows the input layer in most models (GPT-2's `embd_pdrop`); set 0.1 for the paper's
+            set-up. Only for continuous inputs (the official code has no dropout after a symbol embedding).
+        embedding_init (`str`):
+            Initialisation of a new symbol embedding (`input_vocab_size`): `"scaled"` (default), normal with the
+            standard deviation of the base model's token embeddings, so that the frozen blocks first see inputs at
+            the scale they were trained on; or `"normal"`, N(0, 1) (`nn.Embedding`'s own default), as the official
+            code. The default keeps the behaviour, and the measured results, of earlier versions. Only for symbolic
+            inputs.
         num_layers (`int`, *optional*):
             Keep only the first `num_layers` transformer blocks of the base, as GPT4TS (Zhou et al., 2023) keeps 6 of
             GPT-2's 12. The blocks after them leave the model while the adapter is on it (unload and deleting the
@@ -119,6 +132,12 @@ class FPTConfig(PeftConfig):
     train_attention: bool = field(default=False, metadata={"help": "Train self-attention weights."})
     train_feedforward: bool = field(default=False, metadata={"help": "Train feed-forward weights."})
     input_init_gain: float = field(default=1.41, metadata={"help": "Orthogonal init gain of the input layer."})
+    input_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout after the continuous input layer (official code: 0.1)."}
+    )
+    embedding_init: str = field(
+        default="scaled", metadata={"help": "Init of a new symbol embedding: 'scaled' or 'normal' (official code)."}
+    )
     num_layers: int | None = field(default=None, metadata={"help": "Keep only the base's first num_layers blocks."})
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Modules to adapt instead of the discovered ones (names or regex)."}
@@ -182,6 +201,7 @@ class FPTConfig(PeftConfig):
         number = isinstance(gain, (int, float)) and not isinstance(gain, bool)
         if not number or not math.isfinite(gain) or not 0 < gain < 1e3:
             raise ValueError(f"FPTConfig.input_init_gain must be a finite number in (0, 1000), got {gain!r}.")
+        self._validate_input_options()
         if self.weights_sha256 is not None and not integrity.is_digest(self.weights_sha256):
             raise ValueError(
                 f"FPTConfig.weights_sha256 must be 64 lowercase hex digits or None, got {self.weights_sha256!r}."
@@ -223,6 +243,27 @@ class FPTConfig(PeftConfig):
                         "FPTConfig.position_parameters must hold qualified parameter names such as "
                         f"'embeddings.position_embeddings', got {qualified!r}."
                     )
+
+    def _validate_input_options(self) -> None:
+        """Check ``input_dropout`` and ``embedding_init``, and that the config has the input layer they act on."""
+        rate = self.input_dropout
+        number = isinstance(rate, (int, float)) and not isinstance(rate, bool)
+        if not number or not 0.0 <= rate < 1.0:  # NaN fails the comparison too
+            raise ValueError(f"FPTConfig.input_dropout must be a number in [0, 1), got {rate!r}.")
+        if rate > 0 and self.input_dim is None:
+            raise ValueError(
+                f"FPTConfig.input_dropout={rate!r} acts after the continuous input layer (input_dim), which this "
+                f"config does not have (input_dim=None, input_vocab_size={self.input_vocab_size!r}); the official "
+                "code has no dropout after a symbol embedding. Leave input_dropout at 0.0."
+            )
+        init = self.embedding_init
+        if not isinstance(init, str) or init not in EMBEDDING_INITS:
+            raise ValueError(f"FPTConfig.embedding_init must be one of {list(EMBEDDING_INITS)}, got {init!r}.")
+        if init != "scaled" and self.input_vocab_size is None:
+            raise ValueError(
+                f"FPTConfig.embedding_init={init!r} initialises a new symbol embedding (input_vocab_size), which this "
+                f"config does not have (input_vocab_size=None, input_dim={self.input_dim!r}). Leave it 'scaled'."
+            )
 
     @property
     def has_new_layers(self) -> bool:

@@ -220,10 +220,12 @@ class FPTInputLayer(FPTLayer):
     Symbols pass through ``forward(input_ids)`` (the model calls its input embedding as usual); continuous tokens are
     mapped by :meth:`embed_features`, which the tuner's forward pre-hook applies to the call's ``inputs_embeds``.
     Merging keeps the new layer in use (a base model has no place for it); ``merge_and_unload`` of a symbolic adapter
-    puts the new vocabulary in place of the base embedding.
+    puts the new vocabulary in place of the base embedding. A continuous layer is followed, in training mode, by
+    dropout with the adapter's ``input_dropout`` (functional, so the saved weights are those of the ``Linear`` alone).
     """
 
     adapter_layer_names = ("fpt_input",)
+    other_param_names = ("input_dropout",)
 
     def __init__(
         self, base_layer: nn.Module, adapter_name: str, config: FPTConfig, hidden_size: int, on_meta: bool = False
@@ -231,6 +233,7 @@ class FPTInputLayer(FPTLayer):
         super().__init__(base_layer, adapter_name)
         self.hidden_size = hidden_size
         self.fpt_input = nn.ModuleDict({})
+        self.input_dropout: dict[str, float] = {}
         self.update_layer(adapter_name, config, on_meta)
 
     def update_layer(self, adapter_name: str, config: FPTConfig, on_meta: bool = False) -> None:
@@ -243,10 +246,14 @@ class FPTInputLayer(FPTLayer):
             if not on_meta:
                 nn.init.orthogonal_(layer.weight, gain=config.input_init_gain)
                 nn.init.zeros_(layer.bias)
+            self.input_dropout[adapter_name] = float(config.input_dropout)
         elif config.input_vocab_size is not None:
             layer = nn.Embedding(config.input_vocab_size, self.hidden_size, device=device)
-            if not on_meta:  # start at the scale of the pretrained token embeddings
-                std = float(base_weight.float().std()) if base_weight is not None else 0.02
+            if not on_meta:
+                if config.embedding_init == "normal":  # nn.Embedding's own N(0, 1), as the official code
+                    std = 1.0
+                else:  # "scaled": start at the scale of the pretrained token embeddings
+                    std = float(base_weight.float().std()) if base_weight is not None else 0.02
                 nn.init.normal_(layer.weight, std=std)
         else:
             return
@@ -289,8 +296,10 @@ class FPTInputLayer(FPTLayer):
         return out if dtype is None else out.to(dtype)
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Map continuous tokens (batch, tokens, input_dim) to the model width with the active input layer."""
-        layer = self._active_layer()
+        """Map continuous tokens (batch, tokens, input_dim) to the model width with the active input layer (then its
+        dropout, in training mode)."""
+        active = self._active_here()
+        layer = None if active is None else self.fpt_input[active]
         if not isinstance(layer, nn.Linear):
             return features
         if features.dim() != 3 or features.shape[-1] != layer.in_features:
@@ -299,6 +308,9 @@ class FPTInputLayer(FPTLayer):
                 f"{tuple(features.shape)}."
             )
         out = layer(features.to(layer.weight.dtype))
+        rate = self.input_dropout.get(active, 0.0) if active is not None else 0.0
+        if rate > 0:  # skipped at 0 so that the random stream (and every result) stays as without the option
+            out = nn.functional.dropout(out, p=rate, training=self.training)
         dtype = self._base_dtype()
         return out if dtype is None or torch.is_autocast_enabled(out.device.type) else out.to(dtype)
 

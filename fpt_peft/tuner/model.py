@@ -406,7 +406,7 @@ def _first(names: set[str], count: int = 5) -> str:
     return str(ordered[:count]) + (" ..." if len(ordered) > count else "")
 
 
-def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The name and the list of the transformer blocks of ``model``: its one ``ModuleList`` of
     ``config.num_hidden_layers`` modules."""
     config: Any = getattr(model, "config", None)
@@ -424,7 +424,7 @@ def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def _keep_blocks(model: nn.Module, keep: int) -> None:
     """Cut ``model`` to its first ``keep`` transformer blocks (``FPTConfig.num_layers``); the rest are kept aside for
     :func:`_remove_side_effects` to put back."""
-    name, blocks = _block_list(model)
+    name, blocks = block_list(model)
     depth = len(blocks)
     if keep > depth:
         held = " (an FPT adapter already on it keeps that many)" if _CUT_BLOCKS in model.__dict__ else ""
