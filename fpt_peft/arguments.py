@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .presets import PRESETS, check_inputs, paper_defaults, preset_help, report
 from .pretrained import DEFAULT_MODEL, check_model_name
 
 
@@ -199,14 +200,37 @@ def check_output_dir(args: TrainingArguments, output_dir: Path) -> None:
 
 def parse_recipe_args(parser: argparse.ArgumentParser, argv: list[str] | None, task: str) -> argparse.Namespace:
     """Parse a recipe's arguments and check them before any data or model is loaded: a mistake ends the program
-    argparse-style (usage, one ``error:`` line, exit status 2). ``task`` names the default output folder."""
+    argparse-style (usage, one ``error:`` line, exit status 2). ``task`` names the recipe and its default output
+    folder.
+
+    Adds ``--preset {default,paper}`` (:mod:`fpt_peft.presets`): ``paper`` first becomes the parser's defaults, so
+    that flags given explicitly win. The namespace gets ``preset_report`` (a :class:`~fpt_peft.presets.PresetReport`:
+    where the run's set-up differs from the paper's), which :func:`fpt_peft.training.train` prints and saves.
+    """
+    if not any(action.dest == "preset" for action in parser._actions):
+        group = parser.add_argument_group("preset")
+        group.add_argument("--preset", choices=PRESETS, default="default", help=preset_help(task))
+    chosen, _ = parser.parse_known_args(argv)  # --help and malformed flags end here, as in the full parse
+    if chosen.preset == "paper":
+        try:
+            values = paper_defaults(task)
+        except ValueError as exc:
+            parser.error(str(exc))
+        known = {action.dest for action in parser._actions}
+        missing = sorted(set(values) - known)
+        if missing:  # a bug in the preset table, not a user mistake
+            raise KeyError(f"The paper preset of {task!r} sets options the recipe does not have: {missing}.")
+        parser.set_defaults(**values)
     args = parser.parse_args(argv)
     try:
         training_args = TrainingArguments.from_namespace(args)
         check_model_name(training_args.model)
+        check_inputs(task, args)
         check_output_dir(training_args, Path(training_args.output_dir or f"outputs/{task}"))
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
+    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    args.preset_report = report(task, args, flags)
     return args
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .presets import PresetReport
 from .tuner.config import MODEL_CARD_NOTE
 
 _METRIC_NAMES = {"accuracy": "Accuracy", "per_bit_accuracy": "Per-bit accuracy"}
@@ -40,11 +41,13 @@ def adapter_card(
     metrics: Mapping[str, float],
     setup: Mapping[str, Any],
     command: str | None = None,
+    preset: PresetReport | None = None,
 ) -> ModelCard:
     """The card of an adapter trained on ``task`` on ``base_model`` (a Hub id, or None for random weights).
 
     ``dataset`` is the Hub dataset id (None for generated or local data), ``metrics`` the final evaluation,
-    ``setup`` the training options worth reporting, ``command`` the command that trained it (default: this process's).
+    ``setup`` the training options worth reporting, ``command`` the command that trained it (default: this process's),
+    ``preset`` the recipe's ``--preset`` and where the set-up differs from the paper's (none: not reported).
     """
     scores = {k: float(v) for k, v in metrics.items() if k in _METRIC_NAMES}
     name = f"fpt-{task.replace('_', '-')}"
@@ -71,6 +74,8 @@ def adapter_card(
     )
     base = f"`{base_model}`" if base_model else "a transformer with random weights (the paper's baseline)"
     results = "\n".join(f"| {_METRIC_NAMES[m]} | {v:.4f} |" for m, v in sorted(scores.items()))
+    if preset is not None:
+        setup = {"preset": preset.preset, **setup}
     options = "\n".join(f"| `{k}` | `{v}` |" for k, v in setup.items())
     body = f"""
 # {name}
@@ -88,7 +93,7 @@ output layer were trained (as the set-up below says), with fpt-peft, which makes
 | option | value |
 |---|---|
 {options}
-
+{_against_paper(preset)}
 ## Results
 
 Evaluation at the end of training{f" on `{dataset}`" if dataset else ""}:
@@ -101,6 +106,17 @@ Evaluation at the end of training{f" on `{dataset}`" if dataset else ""}:
 Install fpt-peft from its source repository (`pip install .` in a checkout) until it is published on PyPI.
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _against_paper(preset: PresetReport | None) -> str:
+    if preset is None:
+        return ""
+    if not preset.paper_task:
+        return f"\nPreset `{preset.preset}`; this task is not one of the paper's: no paper set-up to compare.\n"
+    if not preset.differences:
+        return f"\nPreset `{preset.preset}`: the set-up of the paper (Lu et al., 2021) and its official code.\n"
+    items = "\n".join(f"- {d}" for d in preset.differences)
+    return f"\nPreset `{preset.preset}`; the set-up differs from the paper's (Lu et al., 2021) in:\n\n{items}\n"
 
 
 def _loading(base_model: str | None) -> str:

@@ -135,16 +135,14 @@ def save_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 def load_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: str | Path) -> None:
     """Restore what :func:`save_sharded_state` wrote into ``model`` and ``optimizer`` (every process calls this)."""
     state = _adapter_state(model, optimizer)
-    expected = set(state["model"])
     dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(
         model,
         optimizer,
         model_state_dict=state["model"],  # type: ignore[arg-type]
         optim_state_dict=state["optimizer"],  # type: ignore[arg-type]
-        options=StateDictOptions(strict=False),
+        options=StateDictOptions(strict=False),  # the frozen base is not in a checkpoint
     )
-    assert set(state["model"]) == expected
 
 
 def gather_adapter_state(model: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:

@@ -49,6 +49,7 @@ from .data.spec import TaskData
 from .metrics import load_metric
 from .model_card import adapter_card, is_hub_id
 from .modeling import build_model
+from .presets import PresetReport
 from .sharding import (
     SHARDED_STATE_DIR,
     ShardingOptions,
@@ -184,6 +185,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     complete one, bit-identically); NaN or Inf in the inputs, loss, gradient norm or weights raises
     :class:`NonFiniteError` naming the step, on every process, before anything broken is saved.
     """
+    preset: PresetReport | None = getattr(args, "preset_report", None)  # from parse_recipe_args (recipes)
     if isinstance(args, argparse.Namespace):
         args = TrainingArguments.from_namespace(args)
     spec = task.spec
@@ -200,6 +202,8 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
         log_with=args.log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    if preset is not None:
+        accelerator.print(preset.line())
     set_seed(args.seed)
     model = build_model(spec, args.model, seed=args.seed, **args.model_options())
     _check_outputs(accelerator, args, model, output_dir, spec.metric)
@@ -368,7 +372,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
         metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
         accelerator.print(_describe(progress.step, metrics))
     metrics["step"] = progress.step
-    _save_adapter(accelerator, model, output_dir, metrics, args, task)
+    _save_adapter(accelerator, model, output_dir, metrics, args, task, preset)
     accelerator.end_training()
     return metrics
 
@@ -507,6 +511,13 @@ def _resume(
             raise FileNotFoundError(f"--resume: no intact checkpoint in {str(checkpoints)!r} to continue from.")
         accelerator.print(f"No complete checkpoint in {checkpoints}: training afresh.")
         return
+    sharded = (last / SHARDED_STATE_DIR).is_dir()
+    if sharded != (load_more is not None):
+        written, now = ("a sharded (FSDP)", "unsharded") if sharded else ("an unsharded", "sharded (FSDP)")
+        raise ValueError(
+            f"{last} was written by {written} run, and this run is {now}: resume it the way it was started (with or "
+            "without --config_file recipes/accelerate_configs/fsdp.yaml), or start afresh with --overwrite-output-dir."
+        )
     processes = accelerator.num_processes
     accelerator.load_state(str(last))
     if progress.num_processes != processes:
@@ -526,9 +537,11 @@ def _save_adapter(
     metrics: dict[str, float],
     args: TrainingArguments,
     task: TaskData,
+    preset: PresetReport | None = None,
 ) -> None:
     """Write the final adapter with its model card, and the metrics (main process only; a sharded model's adapter is
-    gathered first, by every process); push the adapter folder to ``args.push_to_hub`` if given."""
+    gathered first, by every process), both with the ``preset`` report if any; push the adapter folder to
+    ``args.push_to_hub`` if given."""
     state = gather_adapter_state(model, accelerator.device) if is_sharded(model) else None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -540,12 +553,14 @@ def _save_adapter(
             dataset=task.source if is_hub_id(task.source) else None,
             metrics=metrics,
             setup=_card_setup(args, accelerator, is_sharded(model)),
+            preset=preset,
         )
         labels = None
         if task.label_names is not None:
             labels = {"labels.json": json.dumps({"id2label": dict(enumerate(task.label_names))}, indent=2) + "\n"}
         save_adapter(adapter, output_dir / "adapter", card=str(card), extra_files=labels, state_dict=state)
-        _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        saved = {**metrics, **preset.as_json()} if preset is not None else metrics
+        _write_atomically(output_dir / "metrics.json", json.dumps(saved, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
         if args.push_to_hub:
             # upload_folder sends exactly what save_pretrained wrote, model card included (push_to_hub would

@@ -8,6 +8,8 @@ defaults here are a smaller instance (100-bit strings) that trains in minutes on
     accelerate launch recipes/bit_memory.py --n-bits 1000 --patch-size 50 --max-steps 10000
 
 Add ``--stream`` for the official code's data: a fresh random batch every step instead of ``--num-train`` examples.
+
+``--preset paper`` sets the paper's whole set-up at once, GPT-2 included (see ``--help``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--mask-prob", type=float, default=0.5, help="Masking probability of the query. Default: 0.5.")
     data.add_argument(
         "--stream",
-        action="store_true",
-        help="A fresh random batch every step, as the official code (--num-train is then unused).",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="A fresh random batch every step, as the official code (--num-train is then unused). Default: off.",
     )
     data.add_argument("--num-train", type=int, default=20_000, help="Training examples. Default: 20000.")
     data.add_argument("--num-eval", type=int, default=500, help="Evaluation examples. Default: 500.")

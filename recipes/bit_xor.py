@@ -9,6 +9,8 @@ output layers trained) learns XOR in a few hundred steps, while the same network
     accelerate launch recipes/bit_xor.py --init random      # the paper's baseline
 
 The official code's data: ``--stream --values 01 --n-bits 5`` (a fresh random batch every step, bits 0/1).
+
+``--preset paper`` sets all of it, with GPT-2 and the paper's training set-up (see ``--help``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     data.add_argument(
         "--stream",
-        action="store_true",
-        help="A fresh random batch every step, as the official code (--num-train is then unused).",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="A fresh random batch every step, as the official code (--num-train is then unused). Default: off.",
     )
     data.add_argument("--num-train", type=int, default=20_000, help="Training examples. Default: 20000.")
     data.add_argument("--num-eval", type=int, default=1_000, help="Evaluation examples. Default: 1000.")

@@ -9,6 +9,8 @@ its schema (``img``, ``label``):
 
 ``--augment`` adds the official code's training augmentation, which its grey CIFAR-10 uses too (on by default there):
 random crop with padding 4, horizontal flip, rotation up to 20 degrees, on the grey train images only.
+
+``--preset paper`` sets the paper's set-up, augmentation included (see ``--help``).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.add_argument("--num-eval", type=int, default=None, help="Use only the first N evaluation images.")
     data.add_argument(
         "--augment",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="The official training augmentation (train split only): random crop (padding 4), horizontal flip, "
-        "rotation up to 20 degrees.",
+        "rotation up to 20 degrees. Default: off.",
     )
     add_training_args(parser, model="gpt2", batch_size=16, max_steps=10_000, eval_every=2000, save_every=2000)
     args = parse_recipe_args(parser, argv, task="cifar10_lra")

@@ -12,6 +12,8 @@ with longer sequences left out (``--length-policy drop``; the official code skip
     accelerate launch recipes/homology.py
     accelerate launch recipes/homology.py --model gpt2 --max-tokens 1024 --vocabulary tape --length-policy drop \\
         --eval-split valid
+
+``--preset paper`` sets all of it, with the paper's learning rate 1e-4 (see ``--help``).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     given = args.length_policy is not None and args.truncation is not None
     if given and args.truncation != (args.length_policy == "truncate"):
         flag = "--truncation" if args.truncation else "--no-truncation"
-        parser.error(f"{flag} contradicts --length-policy {args.length_policy}; pass one of them.")
+        hint = " (set by --preset paper; pass --length-policy instead)" if args.preset == "paper" else ""
+        parser.error(f"{flag} contradicts --length-policy {args.length_policy}{hint}; pass one of them.")
     policy = args.length_policy or ("error" if args.truncation is False else "truncate")
     from fpt_peft.data import load_task  # the ML stack loads only once the arguments are good
     from fpt_peft.training import train

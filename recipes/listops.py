@@ -17,6 +17,8 @@ Rothermel et al. (2021) found fixed: ``]`` kept, and longer sequences refused un
         --formulation official --eval-split validation
     accelerate launch recipes/listops.py --model gpt2 --data-dir lra_release/listops-1000 \\
         --formulation fixed --length-policy drop --eval-split validation
+
+``--preset paper`` sets the official set-up (GPT-2, official formulation, validation split; see ``--help``).
 """
 
 from __future__ import annotations

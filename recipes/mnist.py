@@ -5,6 +5,8 @@
 
     accelerate launch recipes/mnist.py
     python recipes/mnist.py --source ./mnist_parquet --num-train 10000 --max-steps 2000
+
+``--preset paper`` sets the paper's set-up (GPT-2, batch 4, input dropout 0.1; see ``--help``).
 """
 
 from __future__ import annotations

@@ -276,6 +276,22 @@ def test_resumed_sharded_run_is_bit_identical_to_an_uninterrupted_one(
 
 
 @pytest.mark.slow
+def test_a_sharded_checkpoint_is_not_resumed_unsharded(tiny: str, straight: Path) -> None:
+    command = ["recipes/bit_xor.py", *_steps(tiny, straight, 4, "--num-train", "32", "--num-eval", "8")]
+    failed = subprocess.run(
+        [sys.executable, *command, "--max-steps", "6", "--resume"],
+        cwd=ROOT,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in failed.stderr.splitlines() if "error:" in line]
+    assert failed.returncode == 2 and len(errors) == 1, failed.stderr[-3000:]
+    assert "was written by a sharded (FSDP) run, and this run is unsharded" in errors[0]
+
+
+@pytest.mark.slow
 def test_two_machines_launched_separately_form_one_group(tiny: str, straight: Path, tmp_path: Path) -> None:
     """The multi-node command, both "machines" on this one: one group of 2, the same run as on one machine."""
     args = _steps(tiny, tmp_path, 2, "--num-train", "32", "--num-eval", "8")
