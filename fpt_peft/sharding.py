@@ -53,14 +53,15 @@ def requested_sharding() -> ShardingOptions | None:
     """The sharding the launcher asked for (``accelerate launch`` with an FSDP config), or None."""
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return None
+    version = os.environ.get("FSDP_VERSION", "1")  # Accelerate's default; its FSDP1 plugin fails on CPU itself
+    if version != "2":
+        raise ValueError(
+            f"The accelerate config asks for FSDP version {version}; fpt-peft shards with FSDP2 (fully_shard). Set "
+            "fsdp_version: 2 in its fsdp_config (see recipes/accelerate_configs/fsdp.yaml)."
+        )
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables the launcher set
-    if plugin.fsdp_version != 2:
-        raise ValueError(
-            f"The accelerate config asks for FSDP version {plugin.fsdp_version}; fpt-peft shards with FSDP2 "
-            "(fully_shard). Set fsdp_version: 2 in its fsdp_config (see recipes/accelerate_configs/fsdp.yaml)."
-        )
     offload = plugin.cpu_offload is not None and type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy"
     return ShardingOptions(
         reshard_after_forward=bool(plugin.reshard_after_forward),

@@ -5,12 +5,16 @@ Timings are never asserted (they depend on the machine); sizes, FLOPs, trainable
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .helpers import run_benchmark_quick
+from .helpers import ROOT, run_benchmark_quick
+from .training_utils import offline_env
 
 # End-to-end: real processes and training runs. `make test-slow` runs them (and CI).
 pytestmark = pytest.mark.slow
@@ -92,3 +96,20 @@ def test_cli_startup_quick(tmp_path: Path) -> None:
     medians = data["median_seconds"]
     assert sum(k.endswith("--help") for k in medians) == 2
     assert all(v > 0 for v in medians.values()) and data["slowest_help_seconds"] > 0
+
+
+def test_paper_table_quick_runs_what_is_reachable_and_says_why_not(tmp_path: Path) -> None:
+    """Offline: bit XOR runs (packaged MiniLM, 20 steps); MNIST's data is on the Hub, so its cells say so."""
+    command = [sys.executable, "-m", "benchmarks.paper_table", "--quick", "--tasks", "bit_xor", "mnist"]
+    command += [f"--runs-dir={tmp_path / 'runs'}", f"--out-dir={tmp_path}", "--name=table"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=offline_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "table.json").read_text())
+    assert data["benchmark"] == "paper_table" and data["quick"] is True and (tmp_path / "table.png").stat().st_size
+    assert data["paper"]["bit_xor"] == [100.0, 100.0] and data["paper"]["listops"] == [38.4, 34.3]
+    for init in ("pretrained", "random"):
+        xor, mnist = data["results"]["bit_xor"][init], data["results"]["mnist"][init]
+        assert xor["run"] and 0 <= xor["accuracy"] <= 100 and xor["steps"] == 20
+        assert "--model minilm (paper: gpt2)" in xor["differences"] and "--preset paper" in xor["command"]
+        assert not mnist["run"] and "ylecun/mnist" in mnist["reason"]
+    assert "not run [" in done.stdout and "ylecun/mnist" in done.stdout
