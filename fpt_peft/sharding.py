@@ -62,10 +62,9 @@ def requested_sharding() -> ShardingOptions | None:
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables the launcher set
-    offload = plugin.cpu_offload is not None and type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy"
     return ShardingOptions(
         reshard_after_forward=bool(plugin.reshard_after_forward),
-        offload=offload,
+        offload=isinstance(plugin.cpu_offload, CPUOffloadPolicy),  # FSDP2: accelerate's plugin holds torch's policy
         activation_checkpointing=bool(plugin.activation_checkpointing),
     )
 
@@ -98,9 +97,9 @@ def shard_model(model: Model, options: ShardingOptions, device: torch.device, mi
         fully_shard(
             block, reshard_after_forward=options.reshard_after_forward, mp_policy=policy, offload_policy=offload
         )
+    # The root unit holds the rest (input and output layers, positions, final norm). fully_shard moves each unit's
+    # parameters and buffers to the mesh's device itself (with offload, the shards then live in CPU memory).
     fully_shard(model, reshard_after_forward=options.reshard_after_forward, mp_policy=policy, offload_policy=offload)
-    if device.type != "cpu":  # what no block holds (input and output layers, positions, final norm)
-        model.to(device)
     return model
 
 

@@ -175,6 +175,8 @@ def test_unsupported_options_are_refused_clearly(group: None, tiny: str, monkeyp
     monkeypatch.setenv("FSDP_VERSION", "2")
     monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")
     assert requested_sharding() == ShardingOptions(activation_checkpointing=True)
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    assert requested_sharding() == ShardingOptions(activation_checkpointing=True, offload=True)
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ValueError, match="fsdp_version: 2"):
         requested_sharding()
