@@ -135,7 +135,7 @@ def evaluate_model(
 
 
 def _describe_size(train: Any) -> str:
-    return "a stream of" if isinstance(train, IterableDataset) else str(len(train))
+    return "endless" if isinstance(train, IterableDataset) else str(len(train))
 
 
 def _stream_batches(
