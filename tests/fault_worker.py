@@ -125,8 +125,8 @@ def _run(task: TaskData, model: str, out: Path, fault: str, report: Path | None,
     if report is not None:
         original = training._resume
 
-        def resume(accelerator: Any, checkpoints: Path, progress: Any, strict: bool) -> None:
-            original(accelerator, checkpoints, progress, strict)
+        def resume(accelerator: Any, checkpoints: Path, progress: Any, strict: bool, **kwargs: Any) -> None:
+            original(accelerator, checkpoints, progress, strict, **kwargs)
             state = accelerator.unwrap_model(accelerator._models[0]).state_dict()
             adapter = {k: v.detach().clone().contiguous() for k, v in state.items() if is_adapter_key(k)}
             temp = report.with_suffix(".tmp")
