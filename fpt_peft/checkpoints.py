@@ -400,6 +400,7 @@ def install_adapter_state_hooks(accelerator: Accelerator) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- final adapter
+PROBE_PREFIX = f"{TEMP_PREFIX}probe-"  # check_writable's probe files: <prefix><pid>-<random>
 SAVE_MARGIN_BYTES = 64 * 1024  # config, model card and filesystem blocks on top of the adapter weights
 
 
@@ -423,7 +424,9 @@ def check_writable(
             errno.ENOTDIR, f"Cannot save to {shown!r}: {existing!r} is a file, not a directory", shown
         )
     try:
-        fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe-", dir=existing)
+        fd, probe = tempfile.mkstemp(
+            prefix=f"{PROBE_PREFIX}{os.getpid()}-", dir=existing
+        )  # pid: see _remove_dead_saves
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -509,12 +512,18 @@ def _save_prefix(final: Path) -> str:
 
 
 def _remove_dead_saves(final: Path) -> None:
-    """Remove the folders that saves of ``final`` by processes of this host that have died left beside it."""
+    """Remove the folders (and write probes) that saves of ``final`` by processes of this host that have died left
+    beside it."""
     prefix = _save_prefix(final)
     for entry in final.parent.glob(f"{glob.escape(prefix)}*"):
         pid = entry.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
+    for entry in final.parent.glob(f"{glob.escape(PROBE_PREFIX)}*"):  # a process killed inside check_writable
+        pid = entry.name[len(PROBE_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                entry.unlink()
 
 
 def _pid_alive(pid: int) -> bool:
