@@ -304,6 +304,24 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return total
 
 
+def saved_tensor_bytes(model: nn.Module, forward: Callable[[], object]) -> int:
+    """Bytes that autograd keeps from ``forward()`` for the backward (``model``'s parameters excluded), storages
+    counted once."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = forward()
+    del output
+    return sum(storages.values())
+
+
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The tensors an optimizer keeps per parameter (Adam: step, exp_avg, exp_avg_sq)."""
     return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]

@@ -53,6 +53,7 @@ from benchmarks.common import (
     optimizer_state_tensors,
     paired_ratio,
     peak_rss_bytes,
+    saved_tensor_bytes,
     set_threads,
     tensor_bytes,
     train_step,
@@ -110,19 +111,7 @@ def saved_activation_bytes(variant: Variant, batch: Batch) -> int:
     A frozen linear layer needs only its weight to pass the gradient on to its input, so autograd does not keep its
     input: FPT keeps fewer activations than full finetuning, though input gradients flow through every layer.
     """
-    parameters = {p.untyped_storage().data_ptr() for p in variant.model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = variant.loss(**batch)
-    del loss
-    return sum(storages.values())
+    return saved_tensor_bytes(variant.model, lambda: variant.loss(**batch))
 
 
 # ---------------------------------------------------------------------- memory (one subprocess per variant)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import transformers
 from peft import get_peft_model
 
-from benchmarks.common import current_rss_bytes
+from benchmarks.common import current_rss_bytes, saved_tensor_bytes
 from fpt_peft import FPTConfig
 from fpt_peft.sharding import ShardingOptions, shard_model
 
@@ -49,19 +49,7 @@ def peak_rss() -> int:
 
 def saved_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
     """Bytes autograd keeps from one forward for the backward (parameters excluded, storages counted once)."""
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = model(**batch).loss
-    del loss
-    return sum(storages.values())
+    return saved_tensor_bytes(model, lambda: model(**batch).loss)
 
 
 def main() -> None:
