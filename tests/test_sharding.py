@@ -37,44 +37,21 @@ from fpt_peft.sharding import (
 from fpt_peft.tuner.model import block_list
 
 from .test_recipes import RECIPES, recipe_case
-from .training_utils import ROOT, load_recipe, model_batch, offline_env, quick_args
+from .training_utils import ROOT, load_recipe, model_batch, offline_env, quick_args, save_tiny_backbone
 
 CPU = torch.device("cpu")
-
-
-def _tiny(folder: Path, family: str, positions: int) -> str:
-    """A seeded tiny backbone without dropout (so that runs on 1 and 2 processes can agree)."""
-    if family == "bert":
-        config: transformers.PretrainedConfig = transformers.BertConfig(
-            num_hidden_layers=2,
-            hidden_size=32,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=positions,
-            vocab_size=50,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-    else:
-        config = transformers.GPT2Config(
-            n_layer=2, n_embd=32, n_head=4, n_positions=positions, vocab_size=50, bos_token_id=0, eos_token_id=0
-        )
-        config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
-    torch.manual_seed(0)
-    transformers.AutoModel.from_config(config).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny BERT with 64 positions, no dropout."""
-    return _tiny(tmp_path_factory.mktemp("bert"), "bert", 64)
+    return save_tiny_backbone(tmp_path_factory.mktemp("bert"), "bert", 64, dropout=False)
 
 
 @pytest.fixture(scope="module")
 def tiny_long(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny GPT-2 with 1024 positions (CIFAR-10 LRA), no dropout."""
-    return _tiny(tmp_path_factory.mktemp("gpt2"), "gpt2", 1024)
+    return save_tiny_backbone(tmp_path_factory.mktemp("gpt2"), "gpt2", 1024, dropout=False)
 
 
 # ------------------------------------------------------------------------------------------- one process (gloo)

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 
 
-def save_tiny_backbone(folder: Path, family: str = "bert", positions: int = 64) -> str:
-    """Save a seeded tiny backbone (``AutoModel``) to ``folder``; returns the folder as a string."""
+def save_tiny_backbone(folder: Path, family: str = "bert", positions: int = 64, dropout: bool = True) -> str:
+    """Save a seeded tiny backbone (``AutoModel``) to ``folder``; returns the folder as a string. ``dropout=False``
+    sets every dropout probability to 0 (so that runs on 1 and 2 processes can agree)."""
     if family == "bert":
         config: transformers.PretrainedConfig = transformers.BertConfig(
             num_hidden_layers=2,
@@ -41,6 +42,10 @@ def save_tiny_backbone(folder: Path, family: str = "bert", positions: int = 64) 
         config = transformers.GPT2Config(
             n_layer=2, n_embd=32, n_head=4, n_positions=positions, vocab_size=50, bos_token_id=0, eos_token_id=0
         )
+    if not dropout:
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            if hasattr(config, name):
+                setattr(config, name, 0.0)
     torch.manual_seed(0)
     transformers.AutoModel.from_config(config).save_pretrained(folder)
     return str(folder)
