@@ -33,7 +33,7 @@ from benchmarks.common import (
     format_table,
     lr_sweep,
     parse_sweep_args,
-    quick_plan,
+    select_plans,
     sweep_parser,
     write_json,
 )
@@ -57,7 +57,7 @@ PAPER: dict[str, list[float]] = {"MNIST": [23, 96, 98, 98], "CIFAR-10": [25, 54,
 def plans_for(args: argparse.Namespace) -> dict[str, TaskPlan]:
     """The task plans of this run (``--quick`` shrinks them)."""
     plans = {name: replace(TASK_PLANS[name], lrs=ABLATION_LRS) for name in args.tasks}
-    return {name: quick_plan(plan) for name, plan in plans.items()} if args.quick else plans
+    return select_plans(plans, args)
 
 
 def _steps(values: list[int | None]) -> str:
@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run
         for plan in plans.values()
         for rung, flags in RUNGS.items()
-        for run in plan.runs(rung, args.seeds, flags=flags, lrs=args.lrs, steps_scale=args.steps_scale)
+        for run in plan.runs(
+            rung, args.seeds, flags=flags, lrs=args.lrs, steps_scale=args.steps_scale, device=args.device
+        )
     ]
     thresholds = {name: plan.threshold for name, plan in plans.items()}
     start = time.perf_counter()

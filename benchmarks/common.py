@@ -450,10 +450,12 @@ def bar_plot(
 class CurveRun:
     """One training run of a learning-rate sweep: which task and model, the optimiser settings and the schedule.
 
-    ``flags`` are :func:`fpt_peft.modeling.build_model`'s ``train_*`` switches (default: FPT's groups). ``label``
-    names the set-up being compared (``"pretrained"``, ``"random"``, an ablation rung); runs are grouped by
-    ``(task, label)`` and the learning rate swept within a group. ``seed`` seeds the task's data, the new layers
-    (and a random backbone), the batch order and dropout.
+    ``flags`` are :func:`fpt_peft.modeling.build_model`'s ``train_*`` switches (default: FPT's groups), and
+    ``model_kwargs`` its other options (``input_dropout``, ``embedding_init``). ``label`` names the set-up being
+    compared (``"pretrained"``, ``"random"``, an ablation rung); runs are grouped by ``(task, label)`` and the
+    learning rate swept within a group. ``seed`` seeds the task's data, the new layers (and a random backbone), the
+    batch order and dropout. ``stop_at``: end the run at the first evaluation whose accuracy reaches it (converged),
+    instead of training on to ``steps``. ``device``: ``"cpu"`` or ``"cuda"``.
     """
 
     task: str
@@ -470,6 +472,9 @@ class CurveRun:
     max_grad_norm: float = 1.0
     model: str = "minilm"
     threads: int = 1
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    stop_at: float | None = None
+    device: str = "cpu"
 
 
 def train_curve(run: CurveRun) -> dict[str, Any]:
@@ -477,10 +482,12 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
 
     Built from the package's pieces: :func:`~fpt_peft.data.load_task`, :func:`~fpt_peft.modeling.build_model`,
     :func:`~fpt_peft.validation.model_inputs` and :func:`~fpt_peft.training.evaluate_model` (the package's offline
-    metrics). The eval split is scored before the first step, every ``eval_every`` steps and after the last one.
-    Returns the run's settings with ``eval_steps``, ``accuracy`` (the task's metric: accuracy, or per-bit accuracy
-    for the bit tasks), ``eval_loss`` and ``train_loss`` (mean over the steps since the previous evaluation) per
-    evaluation.
+    metrics). The training split is a finite set (shuffled every epoch) or an endless stream with ``for_loader``
+    (:class:`~fpt_peft.data.BitStream`: a fresh batch every step, as the official bit tasks). The eval split is
+    scored before the first step, every ``eval_every`` steps and after the last one (or at ``stop_at``). Returns the
+    run's settings with ``eval_steps``, ``accuracy`` (the task's metric: accuracy, or per-bit accuracy for the bit
+    tasks), ``eval_loss`` and ``train_loss`` (mean over the steps since the previous evaluation) per evaluation,
+    ``steps_trained``, and the wall time: ``seconds`` in all, ``eval_seconds`` of it spent scoring.
     """
     import datasets
     from accelerate import Accelerator
@@ -496,42 +503,59 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
     torch.manual_seed(run.seed)
     takes_seed = "seed" in inspect.signature(TASKS[run.task]).parameters  # archive data (time series) is fixed
     task = load_task(run.task, **run.task_kwargs, **({"seed": run.seed} if takes_seed else {}))
-    if not isinstance(task.train, datasets.Dataset):
-        raise ValueError(
-            f"{run.task}: benchmark runs train on a finite training set, not a stream ({run.task_kwargs})."
-        )
     spec = task.spec
-    model = build_model(spec, run.model, init=run.init, seed=run.seed, **run.flags)  # type: ignore[arg-type]
+    accelerator = Accelerator(cpu=run.device == "cpu")  # the device, and evaluate_model's gather (one process)
+    options: dict[str, Any] = {**run.flags, **run.model_kwargs}
+    model = build_model(spec, run.model, init=run.init, seed=run.seed, **options)  # type: ignore[arg-type]
+    model.to(accelerator.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=run.lr)
     keys = model_inputs(spec)
-    train_loader = DataLoader(
-        task.train,
-        batch_size=run.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(run.seed),
-    )
-    if len(train_loader) == 0:
-        raise ValueError(f"{run.task}: {len(task.train)} training examples, fewer than one batch of {run.batch_size}.")
-    eval_loader = DataLoader(task.eval, batch_size=run.eval_batch_size)
-    accelerator = Accelerator(cpu=True)  # only for evaluate_model's gather (a no-op in one process)
+    train_loader: Iterable[dict[str, torch.Tensor]]
+    if isinstance(task.train, datasets.Dataset):
+        train_loader = DataLoader(
+            task.train,
+            batch_size=run.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(run.seed),
+        )
+        if len(train_loader) == 0:
+            raise ValueError(
+                f"{run.task}: {len(task.train)} training examples, fewer than one batch of {run.batch_size}."
+            )
+        train_examples: int | None = len(task.train)
+    elif hasattr(task.train, "for_loader"):  # an endless stream: a fresh batch every step
+        train_loader = DataLoader(task.train.for_loader(run.batch_size), batch_size=run.batch_size)
+        train_examples = None
+    else:
+        raise ValueError(f"{run.task}: the training stream has no for_loader(batch_size) ({run.task_kwargs}).")
+    eval_loader = accelerator.prepare(DataLoader(task.eval, batch_size=run.eval_batch_size))
     curve: dict[str, list[Any]] = {"eval_steps": [], "accuracy": [], "eval_loss": [], "train_loss": []}
     losses: list[float] = []
 
+    eval_seconds = 0.0
+
     def record(step: int) -> None:
+        nonlocal eval_seconds
+        started = time.perf_counter()
         scores = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
         curve["eval_steps"].append(step)
         curve["accuracy"].append(scores[spec.metric])
         curve["eval_loss"].append(finite_or_none(scores["eval_loss"]))  # None: diverged (NaN)
         curve["train_loss"].append(finite_or_none(sum(losses) / len(losses)) if losses else None)
         losses.clear()
+        eval_seconds += time.perf_counter() - started
+
+    def converged() -> bool:
+        return run.stop_at is not None and curve["accuracy"][-1] >= run.stop_at
 
     record(0)
     model.train()
     step = 0
-    while step < run.steps:
+    while step < run.steps and not converged():
         for batch in train_loader:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             loss = model(**{k: batch[k] for k in keys if k in batch}, labels=batch["labels"]).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, run.max_grad_norm)
@@ -541,18 +565,22 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
             step += 1
             if step % run.eval_every == 0 or step == run.steps:
                 record(step)
+                if converged():
+                    break
             if step >= run.steps:
                 break
     settings = {k: v for k, v in asdict(run).items() if k != "threads"}
     return {
         **settings,
         "metric": spec.metric,
-        "train_examples": len(task.train),
+        "train_examples": train_examples,  # None: an endless stream
+        "steps_trained": step,
         "eval_examples": len(task.eval),
         "trainable_parameters": sum(p.numel() for p in trainable),
         **curve,
         "final_accuracy": curve["accuracy"][-1],
         "seconds": time.perf_counter() - start,
+        "eval_seconds": eval_seconds,  # of "seconds": scoring the eval split
     }
 
 
@@ -626,7 +654,9 @@ def summarize_sweep(
 
         best = max(by_lr, key=lambda lr: _sweep_score(selection(lr), lr, threshold))
         best_runs = sorted(by_lr[best], key=lambda r: r["seed"])
-        curves = [r["accuracy"] for r in best_runs]
+        # Runs stopped at convergence (stop_at) end early: the curve covers the evaluations every seed made.
+        shortest = min(len(r["accuracy"]) for r in best_runs)
+        curves = [r["accuracy"][:shortest] for r in best_runs]
         rates = sorted(by_lr)
         summary[key] = {
             "task": task,
@@ -642,7 +672,7 @@ def summarize_sweep(
             "final_accuracy_mean": statistics.mean(r["final_accuracy"] for r in best_runs),
             "steps_to_threshold": [steps_to_reach(r["eval_steps"], r["accuracy"], threshold) for r in best_runs],
             "seconds": [r["seconds"] for r in best_runs],
-            "curve_steps": best_runs[0]["eval_steps"],
+            "curve_steps": best_runs[0]["eval_steps"][:shortest],
             "curve_accuracy_mean": [statistics.mean(values) for values in zip(*curves, strict=True)],
             "curve_accuracy_min": [min(values) for values in zip(*curves, strict=True)],
             "curve_accuracy_max": [max(values) for values in zip(*curves, strict=True)],
@@ -773,8 +803,9 @@ class TaskPlan:
     """A task scaled to a 2-core CPU for the accuracy benchmarks: data options, batch, steps and threshold.
 
     For the generated tasks ``num_train`` is ``steps * batch_size`` (at ``steps_scale`` 1), so every step sees fresh
-    examples, as in the paper's bit tasks. ``threshold`` is the eval accuracy whose first crossing is reported as
-    "steps to threshold".
+    examples, as in the paper's bit tasks (or the task is an endless stream: ``stream=True``). ``threshold`` is the
+    eval accuracy whose first crossing is reported as "steps to threshold". ``model_kwargs`` and ``stop_at`` are
+    passed to every :class:`CurveRun`.
     """
 
     task: str
@@ -785,6 +816,8 @@ class TaskPlan:
     eval_every: int
     threshold: float
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    stop_at: float | None = None
 
     def runs(
         self,
@@ -794,11 +827,12 @@ class TaskPlan:
         flags: dict[str, bool] | None = None,
         lrs: Sequence[float] | None = None,
         steps_scale: float = 1.0,
+        device: str = "cpu",
     ) -> list[CurveRun]:
-        """One :class:`CurveRun` per learning rate and seed, for set-up ``label``."""
+        """One :class:`CurveRun` per learning rate and seed, for set-up ``label``, trained on ``device``."""
         steps = max(1, round(self.steps * steps_scale))
         kwargs = dict(self.task_kwargs)
-        if self.task in GENERATED_TASKS:
+        if self.task in GENERATED_TASKS and not kwargs.get("stream"):
             kwargs["num_train"] = max(kwargs.get("num_train", 0), steps * self.batch_size)
         return [
             CurveRun(
@@ -812,6 +846,9 @@ class TaskPlan:
                 steps=steps,
                 batch_size=self.batch_size,
                 eval_every=max(1, round(self.eval_every * steps_scale)),
+                model_kwargs=dict(self.model_kwargs),
+                stop_at=self.stop_at,
+                device=device,
             )
             for lr in (lrs or self.lrs)
             for seed in seeds
@@ -863,14 +900,66 @@ TASK_PLANS: dict[str, TaskPlan] = {
 }
 
 
+FULL_SIZE_PLANS: dict[str, TaskPlan] = {
+    "bit_xor": TaskPlan(
+        "bit_xor",
+        "the paper's set-up (--preset paper): two 5-bit strings fed as 0/1, one string per token, a fresh batch of 4 "
+        "every step, input dropout 0.1; trained until every eval bit is right (or 2e4 steps: the paper's random init)",
+        {"n_bits": 5, "patch_size": 5, "n_strings": 2, "values": "01", "stream": True, "num_eval": 1000},
+        steps=20_000,
+        batch_size=4,
+        eval_every=100,
+        threshold=1.0,
+        model_kwargs={"input_dropout": 0.1},
+        stop_at=1.0,
+    ),
+    "bit_memory": TaskPlan(
+        "bit_memory",
+        "the paper's set-up (--preset paper): 5 strings of 1000 bits plus the masked query, patches of 50 (120 "
+        "tokens), a fresh batch of 4 every step, input dropout 0.1; up to 4e4 steps (the paper's random init)",
+        {"n_strings": 5, "n_bits": 1000, "patch_size": 50, "mask_prob": 0.5, "stream": True, "num_eval": 200},
+        steps=40_000,
+        batch_size=4,
+        eval_every=100,
+        threshold=0.99,
+        model_kwargs={"input_dropout": 0.1},
+        stop_at=1.0,
+    ),
+    "listops": TaskPlan(
+        "listops",
+        "Rothermel et al.'s fixed loader at the paper's 512 tokens (--preset paper --formulation fixed), expressions "
+        "generated offline (LRA's files are not on the Hub), new embedding N(0, 1), batch 4; up to 6e3 steps (the "
+        "paper's random init)",
+        {"formulation": "fixed", "max_tokens": 512, "num_eval": 500},
+        steps=6_000,
+        batch_size=4,
+        eval_every=500,
+        threshold=0.3,
+        lrs=(1e-4, 3e-4, 1e-3),
+        model_kwargs={"embedding_init": "normal"},
+    ),
+}
+"""The paper's full-size bit memory, bit XOR and ListOps (Lu et al. 2021, Table 1 and its steps to converge), with
+the official formulation: too long for a 2-core CPU at full length (see ``--max-steps``), the size of a GPU run."""
+
+
 def quick_plan(plan: TaskPlan) -> TaskPlan:
     """``plan`` shrunk to a seconds-long smoke run (4 steps, tiny data, one learning rate)."""
     kwargs = dict(plan.task_kwargs)
     if plan.task in GENERATED_TASKS:
-        kwargs.update(num_train=16, num_eval=16)
+        kwargs.update(num_eval=16, **({} if kwargs.get("stream") else {"num_train": 16}))
     if plan.task == "listops":
         kwargs["max_tokens"] = 16
     return replace(plan, task_kwargs=kwargs, steps=4, batch_size=4, eval_every=2, lrs=(1e-3,))
+
+
+def select_plans(plans: dict[str, TaskPlan], args: argparse.Namespace) -> dict[str, TaskPlan]:
+    """``plans`` as this run trains them: shrunk by ``--quick``, or with their steps capped at ``--max-steps``."""
+    if args.quick:
+        return {name: quick_plan(plan) for name, plan in plans.items()}
+    if args.max_steps is not None:
+        return {name: replace(plan, steps=min(plan.steps, args.max_steps)) for name, plan in plans.items()}
+    return dict(plans)
 
 
 def sweep_parser(description: str, default_tasks: list[str], lrs_help: str, name: str) -> argparse.ArgumentParser:
@@ -883,6 +972,10 @@ def sweep_parser(description: str, default_tasks: list[str], lrs_help: str, name
         "--confirm-seeds", nargs="*", type=int, default=[1], help="fresh seeds run at each chosen rate (default 1)"
     )
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every task's steps (default 1)")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="cap every task's steps (its evaluation cadence unchanged)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each (default 2)")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (4 steps, one lr, one seed)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
@@ -893,6 +986,8 @@ def sweep_parser(description: str, default_tasks: list[str], lrs_help: str, name
 def parse_sweep_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; ``--quick`` shrinks the sweep to one seed, one worker and the default grid."""
     args = parser.parse_args(argv)
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"argument --max-steps: expected a positive number of steps, got {args.max_steps}")
     if args.quick:
         args.seeds, args.confirm_seeds, args.workers, args.lrs = [0], [], 1, None
     return args

@@ -88,9 +88,18 @@ def base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_benchmark_quick(module: str, out_dir: Path, name: str) -> dict[str, Any]:
-    """Run ``python -m benchmarks.<module> --quick`` and return its JSON, checking the files it must write."""
-    command = [sys.executable, "-m", f"benchmarks.{module}", "--quick", f"--out-dir={out_dir}", f"--name={name}"]
+def run_benchmark_quick(module: str, out_dir: Path, name: str, *extra: str) -> dict[str, Any]:
+    """Run ``python -m benchmarks.<module> --quick [extra...]`` and return its JSON, checking the files it must
+    write."""
+    command = [
+        sys.executable,
+        "-m",
+        f"benchmarks.{module}",
+        "--quick",
+        f"--out-dir={out_dir}",
+        f"--name={name}",
+        *extra,
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-4000:]}"
     assert (out_dir / f"{name}.png").stat().st_size > 1000

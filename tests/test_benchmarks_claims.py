@@ -23,15 +23,15 @@ TASKS = {"bit_xor", "bit_memory", "listops", "digits"}
 RUNGS = ["output only", "+ layer norms", "+ input", "+ positions"]
 
 
-def _run(module: str, out_dir: Path, name: str) -> dict[str, Any]:
-    data = run_benchmark_quick(module, out_dir, name)
+def _run(module: str, out_dir: Path, name: str, *extra: str) -> dict[str, Any]:
+    data = run_benchmark_quick(module, out_dir, name, *extra)
     assert data["command"].startswith(f"python -m benchmarks.{module}")
     return data
 
 
 def _check_run(run: dict[str, Any]) -> None:
     steps, accuracy = run["eval_steps"], run["accuracy"]
-    assert steps[0] == 0 and steps[-1] == run["steps"] > 0, "scored before the first step and after the last"
+    assert steps[0] == 0 and steps[-1] == run["steps_trained"] == run["steps"] > 0, "scored at start and end"
     assert all(a < b for a, b in itertools.pairwise(steps)), steps
     assert len(accuracy) == len(steps) == len(run["eval_loss"]) == len(run["train_loss"])
     assert all(0.0 <= a <= 1.0 for a in accuracy), accuracy
@@ -81,6 +81,26 @@ def test_pretrained_vs_random_quick(tmp_path: Path) -> None:
     assert {(r["task"], r["init"], r["lr"]) for r in data["runs"]} == {
         (name, init, lr) for name, lrs in settings["lrs"].items() for init in ("pretrained", "random") for lr in lrs
     }
+
+
+def test_pretrained_vs_random_full_size_quick(tmp_path: Path) -> None:
+    """``--size full``: the paper's formulation (endless bit streams, 0/1 XOR, input dropout, fixed ListOps at a fixed
+    length, N(0, 1) embedding) reaches every run."""
+    data = _run("pretrained_vs_random", tmp_path, "full-test", "--size", "full")
+    settings = data["settings"]
+    assert settings["size"] == "full" and set(data["tasks"]) == {"bit_xor", "bit_memory", "listops"}
+    for run in data["runs"]:
+        _check_run(run)
+        kwargs = run["task_kwargs"]
+        if run["task"].startswith("bit_"):
+            assert kwargs["stream"] is True and "num_train" not in kwargs and run["train_examples"] is None
+            assert run["model_kwargs"] == {"input_dropout": 0.1} and run["batch_size"] == 4
+            assert run["stop_at"] == 1.0
+        else:
+            assert kwargs["formulation"] == "fixed" and run["model_kwargs"] == {"embedding_init": "normal"}
+            assert run["train_examples"] == kwargs["num_train"]
+    xor = next(r for r in data["runs"] if r["task"] == "bit_xor")
+    assert xor["task_kwargs"]["values"] == "01"
 
 
 def test_ablation_quick(tmp_path: Path) -> None:

@@ -1,0 +1,90 @@
+"""The accuracy benchmarks' training runs (:func:`benchmarks.common.train_curve`): endless streams, stopping at
+convergence, and the full-size plans' agreement with ``--preset paper``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks.common import FULL_SIZE_PLANS, CurveRun, summarize_sweep, train_curve
+from fpt_peft.presets import paper_defaults
+
+STREAM = {"n_bits": 5, "patch_size": 5, "values": "01", "stream": True, "num_eval": 8}
+
+
+def _run(**changes: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "task": "bit_xor",
+        "label": "pretrained",
+        "lr": 1e-3,
+        "task_kwargs": STREAM,
+        "steps": 6,
+        "batch_size": 2,
+        "eval_every": 3,
+        "eval_batch_size": 8,
+        "model_kwargs": {"input_dropout": 0.1},
+    }
+    return train_curve(CurveRun(**{**settings, **changes}))
+
+
+def test_an_endless_stream_trains_the_requested_steps() -> None:
+    result = _run()
+    assert result["train_examples"] is None  # a stream has no size
+    assert result["steps_trained"] == 6 and result["eval_steps"] == [0, 3, 6]
+    assert result["train_loss"][0] is None and all(loss is not None for loss in result["train_loss"][1:])
+
+
+def test_stop_at_ends_the_run_at_the_first_evaluation_reaching_it() -> None:
+    reached = _run(stop_at=0.0)  # every accuracy reaches 0: converged before the first step
+    assert reached["steps_trained"] == 0 and reached["eval_steps"] == [0]
+    unreachable = _run(stop_at=1.01)
+    assert unreachable["steps_trained"] == 6 and unreachable["eval_steps"] == [0, 3, 6]
+
+
+def test_a_finite_task_without_for_loader_is_still_a_dataset() -> None:
+    result = _run(task_kwargs={"n_bits": 5, "patch_size": 5, "num_train": 8, "num_eval": 8})
+    assert result["train_examples"] == 8 and result["steps_trained"] == 6
+
+
+def test_summary_curves_cover_the_evaluations_every_seed_made() -> None:
+    """A seed stopped at convergence has a shorter curve; the mean curve ends where it ended."""
+
+    def result(seed: int, steps: list[int], accuracy: list[float]) -> dict[str, Any]:
+        return {
+            "task": "bit_xor",
+            "label": "pretrained",
+            "lr": 1e-3,
+            "seed": seed,
+            "steps": 300,
+            "eval_steps": steps,
+            "accuracy": accuracy,
+            "final_accuracy": accuracy[-1],
+            "seconds": 1.0,
+        }
+
+    runs = [result(0, [0, 100, 200], [0.5, 0.9, 1.0]), result(1, [0, 100, 200, 300], [0.5, 0.6, 0.8, 1.0])]
+    summary = summarize_sweep(runs, {"bit_xor": 1.0})["bit_xor/pretrained"]
+    assert summary["curve_steps"] == [0, 100, 200]
+    assert summary["curve_accuracy_mean"] == pytest.approx([0.5, 0.75, 0.9])
+    assert summary["steps_to_threshold"] == [200, 300]
+
+
+@pytest.mark.parametrize("task", ["bit_xor", "bit_memory"])
+def test_full_size_bit_plans_are_the_paper_preset(task: str) -> None:
+    """The benchmark trains what ``--preset paper`` sets (whose values test_presets checks against the official
+    code), only the backbone differs (the packaged MiniLM) and the evaluation set is drawn once."""
+    plan, paper = FULL_SIZE_PLANS[task], paper_defaults(task)
+    for key, value in plan.task_kwargs.items():
+        if key != "num_eval":
+            assert paper[key] == value, key
+    assert plan.batch_size == paper["batch_size"] and plan.model_kwargs == {"input_dropout": paper["input_dropout"]}
+    assert 1e-3 in plan.lrs  # the paper's learning rate is on the grid
+
+
+def test_full_size_listops_plan_is_the_paper_preset_with_the_fixed_loader() -> None:
+    plan, paper = FULL_SIZE_PLANS["listops"], paper_defaults("listops")
+    assert plan.task_kwargs["formulation"] == "fixed" and paper["formulation"] == "official"  # Rothermel's fix
+    assert plan.task_kwargs["max_tokens"] == paper["max_tokens"] == 512
+    assert plan.batch_size == paper["batch_size"]
+    assert plan.model_kwargs == {"embedding_init": paper["embedding_init"]}
