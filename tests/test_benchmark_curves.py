@@ -88,3 +88,18 @@ def test_full_size_listops_plan_is_the_paper_preset_with_the_fixed_loader() -> N
     assert plan.task_kwargs["max_tokens"] == paper["max_tokens"] == 512
     assert plan.batch_size == paper["batch_size"]
     assert plan.model_kwargs == {"embedding_init": paper["embedding_init"]}
+
+
+def test_full_size_arguments_are_checked_and_capped(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.pretrained_vs_random import parse_args, plans_for
+
+    args = parse_args(["--size", "full", "--max-steps", "800"])
+    assert args.tasks == list(FULL_SIZE_PLANS) and args.name == "full_size"
+    plans = plans_for(args)
+    assert plans["bit_memory"].steps == 800 and plans["bit_memory"].eval_every == 100  # the cadence is kept
+    assert plans["listops"].steps == 800 and plans["listops"].task_kwargs["max_tokens"] == 512
+    assert parse_args([]).name == "pretrained_vs_random" and "digits" in parse_args([]).tasks
+    for bad, named in ((["--size", "full", "--tasks", "digits"], "--tasks"), (["--max-steps", "0"], "--max-steps")):
+        with pytest.raises(SystemExit) as raised:
+            parse_args(bad)
+        assert raised.value.code == 2 and f"argument {named}" in capsys.readouterr().err
