@@ -103,6 +103,14 @@ def test_pretrained_vs_random_full_size_quick(tmp_path: Path) -> None:
     assert xor["task_kwargs"]["values"] == "01"
 
 
+def test_pretrained_vs_random_one_init_quick(tmp_path: Path) -> None:
+    """``--inits random``: only that init is trained and reported (the other can run elsewhere, with its own grid)."""
+    data = _run("pretrained_vs_random", tmp_path, "random-test", "--tasks", "bit_xor", "--inits", "random")
+    assert data["settings"]["inits"] == ["random"] and {r["init"] for r in data["runs"]} == {"random"}
+    task = data["tasks"]["bit_xor"]
+    assert "random" in task and "pretrained" not in task and "pretrained_minus_random" not in task
+
+
 def test_ablation_quick(tmp_path: Path) -> None:
     data = _run("ablation", tmp_path, "ablation-test")
     settings = data["settings"]
