@@ -21,13 +21,19 @@ paper's steps to converge of the random init; the bit tasks stop once every eval
     python -m benchmarks.pretrained_vs_random            # the CPU-sized run (about 11 min on 2 quiet cores)
     python -m benchmarks.pretrained_vs_random --quick    # a seconds-long smoke run
     python -m benchmarks.pretrained_vs_random --size full --device cuda --seeds 0 --confirm-seeds 1
+
+``--inits`` trains one initialisation only (on another machine, or with its own ``--lrs``); ``--merge`` then reports
+the saved runs of several result files together, without training.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +48,7 @@ from benchmarks.common import (
     lr_sweep,
     parse_sweep_args,
     select_plans,
+    summarize_sweep,
     sweep_parser,
     write_json,
 )
@@ -142,7 +149,7 @@ def report(
             "stop_at": {name: plan.stop_at for name, plan in plans.items()},
             "trained": "layer norms, positions, input layer, output layer (FPT); attention and feed-forward frozen",
         },
-        "environment": environment(args.device) | {"workers": args.workers},
+        "environment": getattr(args, "environment", None) or environment(args.device) | {"workers": args.workers},
         "seconds": args.seconds,
         "tasks": tasks,
         "runs": results,
@@ -184,6 +191,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(INITS),
         help="the initialisations to train (default both; one only: to run them on two machines, or with other grids)",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="report the runs saved in these result files of this benchmark together (no training)",
+    )
     parser.set_defaults(tasks=None, name=None)
     args = parse_sweep_args(parser, argv)
     sized = FULL_SIZE_PLANS if args.size == "full" else TASK_PLANS
@@ -195,9 +210,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def merge(args: argparse.Namespace) -> dict[str, Any]:
+    """Report the runs saved in ``args.merge`` together, as one sweep: each init's rate chosen on the files' sweep
+    seeds, the others counted as confirmation seeds."""
+    saved = []
+    for path in args.merge:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: argument --merge: cannot read {path}: {error}") from None
+        if data.get("benchmark") != "pretrained_vs_random" or "runs" not in data:
+            raise SystemExit(
+                f"error: argument --merge: {path} is not a result file of benchmarks.pretrained_vs_random"
+            )
+        saved.append(data)
+    sizes = {data["settings"].get("size", "small") for data in saved}
+    if len(sizes) > 1:
+        raise SystemExit(f"error: argument --merge: the files mix sizes {sorted(sizes)}; merge runs of one size")
+    results = [run for data in saved for run in data["runs"]]
+    args.size = sizes.pop()
+    args.tasks = list(dict.fromkeys(run["task"] for run in results))
+    args.inits = [init for init in INITS if any(run["init"] == init for run in results)]
+    args.seeds = sorted({seed for data in saved for seed in data["settings"]["sweep_seeds"]})
+    args.confirm_seeds = sorted({run["seed"] for run in results} - set(args.seeds))
+    args.lrs, args.quick = None, all(data["quick"] for data in saved)
+    args.seconds = sum(data["seconds"] for data in saved)
+    args.environment = saved[0]["environment"] | {"merged_from": [path.name for path in args.merge]}
+    sized = FULL_SIZE_PLANS if args.size == "full" else TASK_PLANS
+    plans = {
+        task: replace(
+            sized[task],
+            steps=max(run["steps"] for run in results if run["task"] == task),
+            lrs=tuple(sorted({run["lr"] for run in results if run["task"] == task})),
+        )
+        for task in args.tasks
+    }
+    thresholds = {name: plan.threshold for name, plan in plans.items()}
+    return report(args, plans, results, summarize_sweep(results, thresholds, select_seeds=args.seeds))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the sweep for every task and init, then report."""
+    """Run the sweep for every task and init, then report (or, with ``--merge``, report saved runs)."""
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     torch.set_num_threads(1)
     plans = plans_for(args)
     runs = [

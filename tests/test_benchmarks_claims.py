@@ -103,12 +103,26 @@ def test_pretrained_vs_random_full_size_quick(tmp_path: Path) -> None:
     assert xor["task_kwargs"]["values"] == "01"
 
 
-def test_pretrained_vs_random_one_init_quick(tmp_path: Path) -> None:
-    """``--inits random``: only that init is trained and reported (the other can run elsewhere, with its own grid)."""
-    data = _run("pretrained_vs_random", tmp_path, "random-test", "--tasks", "bit_xor", "--inits", "random")
-    assert data["settings"]["inits"] == ["random"] and {r["init"] for r in data["runs"]} == {"random"}
-    task = data["tasks"]["bit_xor"]
-    assert "random" in task and "pretrained" not in task and "pretrained_minus_random" not in task
+def test_pretrained_vs_random_one_init_each_then_merged(tmp_path: Path) -> None:
+    """``--inits`` trains only that init (the other can run elsewhere, with its own grid); ``--merge`` reports both
+    files' runs as one sweep, without training."""
+    parts = {}
+    for init in ("random", "pretrained"):
+        args = ("--tasks", "bit_xor", "--inits", init)
+        parts[init] = data = _run("pretrained_vs_random", tmp_path, f"{init}-test", *args)
+        assert data["settings"]["inits"] == [init] and {r["init"] for r in data["runs"]} == {init}
+        assert list(data["tasks"]["bit_xor"]) == ["plan", "paper", init]  # no gap without both inits
+    files = [str(tmp_path / f"{init}-test.json") for init in parts]
+    merged = _run("pretrained_vs_random", tmp_path, "merged-test", "--merge", *files)
+    assert merged["settings"]["inits"] == ["pretrained", "random"]
+    assert merged["runs"] == parts["random"]["runs"] + parts["pretrained"]["runs"]  # saved runs, not trained again
+    task = merged["tasks"]["bit_xor"]
+    for init, part in parts.items():
+        assert task[init] == part["tasks"]["bit_xor"][init]  # the same summary as in its own file
+    assert task["pretrained_minus_random"] == pytest.approx(
+        task["pretrained"]["final_accuracy"][0] - task["random"]["final_accuracy"][0]
+    )
+    assert merged["environment"]["merged_from"] == ["random-test.json", "pretrained-test.json"]
 
 
 def test_ablation_quick(tmp_path: Path) -> None:
