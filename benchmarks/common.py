@@ -12,6 +12,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -783,8 +784,8 @@ def curve_plot(
         ax.set_ylim(0, 1.02)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=6, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title:  # wrapped to the figure's width (about 60 characters per panel at this size)
+        fig.suptitle(textwrap.fill(title, width=60 * count), fontsize=9)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.png"
