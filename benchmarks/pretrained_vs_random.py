@@ -79,9 +79,14 @@ def _accuracies(values: list[float]) -> str:
 
 
 def report(
-    args: argparse.Namespace, plans: dict[str, TaskPlan], results: list[dict[str, Any]], summary: dict[str, Any]
+    args: argparse.Namespace,
+    plans: dict[str, TaskPlan],
+    results: list[dict[str, Any]],
+    summary: dict[str, Any],
+    machine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Print the table; write the JSON and the learning-curve plot."""
+    """Print the table; write the JSON and the learning-curve plot. ``machine``: the environment the runs were
+    trained in (default: this one)."""
     tasks: dict[str, Any] = {}
     rows = []
     for name, plan in plans.items():
@@ -149,7 +154,7 @@ def report(
             "stop_at": {name: plan.stop_at for name, plan in plans.items()},
             "trained": "layer norms, positions, input layer, output layer (FPT); attention and feed-forward frozen",
         },
-        "environment": getattr(args, "environment", None) or environment(args.device) | {"workers": args.workers},
+        "environment": machine or environment(args.device) | {"workers": args.workers},
         "seconds": args.seconds,
         "tasks": tasks,
         "runs": results,
@@ -235,7 +240,6 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     args.confirm_seeds = sorted({run["seed"] for run in results} - set(args.seeds))
     args.lrs, args.quick = None, all(data["quick"] for data in saved)
     args.seconds = sum(data["seconds"] for data in saved)
-    args.environment = saved[0]["environment"] | {"merged_from": [path.name for path in args.merge]}
     sized = FULL_SIZE_PLANS if args.size == "full" else TASK_PLANS
     plans = {
         task: replace(
@@ -246,7 +250,8 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
         for task in args.tasks
     }
     thresholds = {name: plan.threshold for name, plan in plans.items()}
-    return report(args, plans, results, summarize_sweep(results, thresholds, select_seeds=args.seeds))
+    machine = saved[0]["environment"] | {"merged_from": [path.name for path in args.merge]}
+    return report(args, plans, results, summarize_sweep(results, thresholds, select_seeds=args.seeds), machine)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
