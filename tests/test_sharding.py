@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,13 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import transformers
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
+from fpt_peft import FPTConfig
 from fpt_peft.checkpoints import FAULT_ENV, is_adapter_key, latest_checkpoint
 from fpt_peft.data import load_task
 from fpt_peft.modeling import build_model
@@ -90,6 +92,28 @@ def test_one_unit_per_block_same_trainable_weights_same_outputs(group: None, tin
     gathered = gather_adapter_state(model, CPU)
     expected = _adapter(reference)
     assert gathered.keys() == expected.keys() and all(torch.equal(gathered[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize(("tokens", "values"), [(1, 1), (3, 1), (2, 5)])
+def test_no_output_is_a_view_that_loses_the_backward_hook(group: None, tiny: str, tokens: int, values: int) -> None:
+    """FSDP2 hooks the root module's outputs for backward; a view changed in place would lose the hook, and FSDP2
+    warns of any view. The logits of every head shape (one value, several tokens, several values per token) are
+    tensors of their own, sharded or not, and the same numbers either way."""
+    config = FPTConfig(input_dim=6, output_dim=2, output_tokens=tokens, values_per_token=values)
+    model = get_peft_model(transformers.AutoModel.from_pretrained(tiny), config)
+    reference = copy.deepcopy(model)
+    inputs = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(0))
+    expected = reference(inputs_embeds=inputs).logits
+    assert expected._base is None and expected.shape == ((3, 2) if tokens * values == 1 else (3, tokens * values, 2))
+    shard_model(model, ShardingOptions(), CPU)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logits = model(inputs_embeds=inputs).logits
+    assert not [w for w in caught if "view tensor" in str(w.message)]
+    assert logits._base is None
+    torch.testing.assert_close(logits, expected)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_activation_checkpointing_is_on_and_changes_no_gradient(group: None, tiny: str) -> None:
@@ -166,6 +190,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# With FSDP2, torch 2.13 keeps the gloo process group alive past destroy_process_group: its worker threads outlive
+# deleting the model, gc.collect() and destroy_process_group (something in FSDP2's state or the device mesh holds it).
+# A process that has done its work can then, rarely, abort at interpreter exit with "terminate called without an
+# active exception" (seen once, in CI). A test that fails with exactly that runs once more; any other failure, or the
+# same one twice, fails.
+EXIT_ABORT = "terminate called without an active exception"
+reruns_on_exit_abort = pytest.mark.flaky(reruns=1, only_rerun=[EXIT_ABORT])
+
+
 def _launch(recipe: str, args: list[str], *launcher: str, env: dict[str, str] | None = None, wait: bool = True) -> Any:
     """``accelerate launch`` with the FSDP config (fp32 on CPU) and 2 processes."""
     config = str(ROOT / "recipes/accelerate_configs/fsdp.yaml")
@@ -203,6 +236,7 @@ def _case(case: str, tmp: Path) -> tuple[str, list[str], dict[str, Any]]:
     return (case, *recipe_case(case, tmp))
 
 
+@reruns_on_exit_abort
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [*RECIPES, "bit_xor_stream"])
 def test_every_recipe_runs_sharded_resumes_and_matches_one_process(
@@ -242,6 +276,7 @@ def straight(tiny: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@reruns_on_exit_abort
 @pytest.mark.slow
 def test_resumed_sharded_run_is_bit_identical_to_an_uninterrupted_one(
     tiny: str, straight: Path, tmp_path: Path
@@ -270,6 +305,7 @@ def test_a_sharded_checkpoint_is_not_resumed_unsharded(tiny: str, straight: Path
     assert "was written by a sharded (FSDP) run, and this run is unsharded" in errors[0]
 
 
+@reruns_on_exit_abort
 @pytest.mark.slow
 def test_two_machines_launched_separately_form_one_group(tiny: str, straight: Path, tmp_path: Path) -> None:
     """The multi-node command, both "machines" on this one: one group of 2, the same run as on one machine."""
@@ -291,6 +327,7 @@ def test_two_machines_launched_separately_form_one_group(tiny: str, straight: Pa
     _assert_same_adapter(tmp_path, straight, exact=True)
 
 
+@reruns_on_exit_abort
 @pytest.mark.slow
 def test_activation_checkpointing_and_accumulation_match_one_process(tiny: str, tmp_path: Path) -> None:
     data = ["--num-train", "32", "--num-eval", "8"]

@@ -159,5 +159,7 @@ def run_python(args: list[str], timeout: float = 120, **kwargs: Any) -> subproce
 
 
 def offline_env() -> dict[str, str]:
-    """The environment for subprocesses: offline, with the repository importable."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    """The environment for subprocesses: offline, with the repository importable, and Python's tracebacks of every
+    thread printed if a process dies of a fatal signal (an abort in native code says where Python was)."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
+    return {**os.environ, **env}

@@ -379,8 +379,14 @@ class FPTOutputLayer(FPTLayer):
             picked = hidden.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
         else:
             picked = hidden[:, -tokens:]
+        if tokens * values == 1:
+            picked = picked[:, 0]  # one value: the layer's output is already (batch, classes)
         layer = self.fpt_output[name]
         assert isinstance(layer, nn.Linear)
         logits = layer(picked.to(device=layer.weight.device, dtype=layer.weight.dtype))
-        logits = logits.reshape(hidden.shape[0], tokens * values, classes)
-        return logits[:, 0] if tokens * values == 1 else logits
+        if values == 1:
+            return logits
+        # (batch, tokens, values * classes) -> (batch, tokens * values, classes). The logits leave the model, so they
+        # are a tensor of their own, not a view: FSDP2 drops its pre-backward hook from a root output that is a view
+        # once it is changed in place.
+        return logits.reshape(hidden.shape[0], tokens * values, classes).clone()
