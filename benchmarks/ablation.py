@@ -32,6 +32,7 @@ from benchmarks.common import (
     environment,
     format_table,
     lr_sweep,
+    open_journal,
     parse_sweep_args,
     select_plans,
     sweep_parser,
@@ -170,7 +171,9 @@ def report(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (see ``--help``)."""
     parser = sweep_parser(__doc__ or "", list(ABLATION_TASKS), "lr grid (default 1e-3 3e-3 1e-2)", "ablation")
-    return parse_sweep_args(parser, argv)
+    args = parse_sweep_args(parser, argv)
+    args.journal = open_journal(parser, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -188,9 +191,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     thresholds = {name: plan.threshold for name, plan in plans.items()}
     start = time.perf_counter()
-    results, summary = lr_sweep(runs, thresholds, args.confirm_seeds, args.workers)
+    results, summary = lr_sweep(runs, thresholds, args.confirm_seeds, args.workers, args.journal)
     args.seconds = time.perf_counter() - start
-    return report(args, plans, results, summary)
+    data = report(args, plans, results, summary)
+    args.journal.remove()
+    return data
 
 
 if __name__ == "__main__":

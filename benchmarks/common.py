@@ -26,6 +26,7 @@ from peft import LNTuningConfig, get_peft_model
 from torch import nn
 
 import fpt_peft  # registers FPT with peft
+from benchmarks.sweep_journal import SweepJournal, journal_path
 from fpt_peft import FPTConfig
 from fpt_peft.pretrained import minilm_path
 from fpt_peft.tuner.discovery import discover
@@ -585,14 +586,27 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
     }
 
 
-def run_curves(runs: Sequence[CurveRun], workers: int = 1) -> list[dict[str, Any]]:
+def run_curves(
+    runs: Sequence[CurveRun], workers: int = 1, journal: SweepJournal | None = None
+) -> list[dict[str, Any]]:
     """Run :func:`train_curve` for every run, in ``workers`` processes of one thread each; results in input order.
 
     Progress is printed as runs finish. Workers are spawned (not forked) so that each starts with fresh thread pools.
+    With a ``journal``, the runs it holds are not trained again (their journaled results are returned) and every run
+    trained is journaled as it finishes.
     """
-    results: list[dict[str, Any] | None] = [None] * len(runs)
+    results: list[dict[str, Any] | None] = [journal.result(run) if journal else None for run in runs]
+    pending = [index for index, result in enumerate(results) if result is None]
+    if journal is not None and len(pending) < len(runs):
+        print(
+            f"{len(runs) - len(pending)} of {len(runs)} runs already finished ({journal.path}); "
+            f"training the other {len(pending)}",
+            flush=True,
+        )
 
     def done(index: int, result: dict[str, Any]) -> None:
+        if journal is not None:
+            journal.record(runs[index], result)
         results[index] = result
         finished = sum(r is not None for r in results)
         print(
@@ -602,15 +616,15 @@ def run_curves(runs: Sequence[CurveRun], workers: int = 1) -> list[dict[str, Any
         )
 
     if workers <= 1:
-        for index, run in enumerate(runs):
-            done(index, train_curve(run))
-    else:
+        for index in pending:
+            done(index, train_curve(runs[index]))
+    elif pending:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(train_curve, run): index for index, run in enumerate(runs)}
+            futures = {pool.submit(train_curve, runs[index]): index for index in pending}
             for future in as_completed(futures):
                 done(futures[future], future.result())
     return [r for r in results if r is not None]
@@ -703,6 +717,7 @@ def lr_sweep(
     thresholds: dict[str, float],
     confirm_seeds: Sequence[int] = (),
     workers: int = 1,
+    journal: SweepJournal | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """The learning-rate protocol of both accuracy benchmarks: sweep, pick per set-up, confirm on fresh seeds.
 
@@ -711,9 +726,9 @@ def lr_sweep(
     3. Train that learning rate again with each of ``confirm_seeds``; the reported figures are over all seeds at the
        chosen rate, the choice itself having used the sweep seeds only.
 
-    Returns every run's result and the summary per ``task/label``.
+    Returns every run's result and the summary per ``task/label``. ``journal``: see :func:`run_curves`.
     """
-    results = run_curves(longest_first(runs), workers)
+    results = run_curves(longest_first(runs), workers, journal)
     sweep_seeds = sorted({r.seed for r in runs})
     extra = [s for s in confirm_seeds if s not in sweep_seeds]
     if extra:
@@ -725,7 +740,7 @@ def lr_sweep(
             for seed in extra
         ]
         print(f"confirming the chosen learning rates on seeds {extra}: {len(confirm)} runs", flush=True)
-        results += run_curves(longest_first(confirm), workers)
+        results += run_curves(longest_first(confirm), workers, journal)
     return results, summarize_sweep(results, thresholds, select_seeds=sweep_seeds)
 
 
@@ -981,6 +996,12 @@ def sweep_parser(description: str, default_tasks: list[str], lrs_help: str, name
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (4 steps, one lr, one seed)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default=name, help="result file name")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped sweep of the same --name: train only the runs not journaled in "
+        "<out-dir>/<name>.runs.jsonl (a sweep journals each run as it finishes; without a journal, start afresh)",
+    )
     return parser
 
 
@@ -992,3 +1013,21 @@ def parse_sweep_args(parser: argparse.ArgumentParser, argv: list[str] | None) ->
     if args.quick:
         args.seeds, args.confirm_seeds, args.workers, args.lrs = [0], [], 1, None
     return args
+
+
+def open_journal(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SweepJournal:
+    """The journal of the sweep ``args`` name: continued with ``--resume``; without it, a journal left by a stopped
+    sweep is an error (exit 2) rather than overwritten."""
+    path = journal_path(args.out_dir, args.name)
+    if path.exists() and not args.resume:
+        parser.error(
+            f"argument --resume: {path} holds the finished runs of a stopped sweep named {args.name!r}; pass --resume "
+            "to continue it, or delete the file to start afresh"
+        )
+    try:
+        journal = SweepJournal(path)
+    except ValueError as error:
+        parser.error(f"argument --resume: {error}")
+    if args.resume and not journal.done:
+        print(f"no finished runs journaled in {path}: starting the sweep afresh", flush=True)
+    return journal

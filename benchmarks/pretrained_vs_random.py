@@ -46,6 +46,7 @@ from benchmarks.common import (
     environment,
     format_table,
     lr_sweep,
+    open_journal,
     parse_sweep_args,
     select_plans,
     summarize_sweep,
@@ -212,6 +213,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if missing:
         parser.error(f"argument --tasks: {missing} have no --size {args.size} plan; choose from {list(sized)}")
     args.name = args.name or ("full_size" if args.size == "full" else "pretrained_vs_random")
+    if args.resume and args.merge:
+        parser.error("argument --resume: --merge trains nothing; leave out one of them")
+    args.journal = None if args.merge else open_journal(parser, args)
     return args
 
 
@@ -271,9 +275,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     thresholds = {name: plan.threshold for name, plan in plans.items()}
     start = time.perf_counter()
-    results, summary = lr_sweep(runs, thresholds, args.confirm_seeds, args.workers)
+    results, summary = lr_sweep(runs, thresholds, args.confirm_seeds, args.workers, args.journal)
     args.seconds = time.perf_counter() - start
-    return report(args, plans, results, summary)
+    data = report(args, plans, results, summary)
+    args.journal.remove()
+    return data
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """The accuracy benchmarks' training runs (:func:`benchmarks.common.train_curve`): endless streams, stopping at
-convergence, and the full-size plans' agreement with ``--preset paper``."""
+convergence, the full-size plans' agreement with ``--preset paper``, and sweeps resumed from their journal."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.common import FULL_SIZE_PLANS, CurveRun, summarize_sweep, train_curve
+from benchmarks.common import FULL_SIZE_PLANS, CurveRun, run_curves, summarize_sweep, train_curve
+from benchmarks.sweep_journal import SweepJournal, journal_path
 from fpt_peft.presets import paper_defaults
 
 STREAM = {"n_bits": 5, "patch_size": 5, "values": "01", "stream": True, "num_eval": 8}
@@ -99,7 +103,48 @@ def test_full_size_arguments_are_checked_and_capped(capsys: pytest.CaptureFixtur
     assert plans["bit_memory"].steps == 800 and plans["bit_memory"].eval_every == 100  # the cadence is kept
     assert plans["listops"].steps == 800 and plans["listops"].task_kwargs["max_tokens"] == 512
     assert parse_args([]).name == "pretrained_vs_random" and "digits" in parse_args([]).tasks
-    for bad, named in ((["--size", "full", "--tasks", "digits"], "--tasks"), (["--max-steps", "0"], "--max-steps")):
+    for bad, named in (
+        (["--size", "full", "--tasks", "digits"], "--tasks"),
+        (["--max-steps", "0"], "--max-steps"),
+        (["--merge", "saved.json", "--resume"], "--resume"),
+    ):
         with pytest.raises(SystemExit) as raised:
             parse_args(bad)
         assert raised.value.code == 2 and f"argument {named}" in capsys.readouterr().err
+
+
+def test_a_resumed_sweep_trains_only_the_runs_its_journal_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep killed after its first run (and in the middle of journaling the second) is resumed: the first run's
+    result comes back from the journal unchanged, not trained again; the cut line is dropped and that run retrained."""
+    base = CurveRun("bit_xor", "pretrained", 1e-3, STREAM, steps=2, batch_size=2, eval_every=2, eval_batch_size=8)
+    runs = [replace(base, lr=lr) for lr in (1e-3, 3e-3, 1e-2)]
+    path = journal_path(tmp_path, "sweep")
+    first = run_curves(runs[:1], journal=SweepJournal(path))[0]
+    with path.open("a") as file:  # the kill came while the second run's line was being written
+        file.write('{"run": {"task": "bit_xor", "lr": 0.0')
+    journal = SweepJournal(path)
+    assert list(journal.done.values()) == [first] and path.read_text().count("\n") == 1  # the cut line is gone
+    capsys.readouterr()
+    results = run_curves(runs, journal=journal)
+    assert "1 of 3 runs already finished" in capsys.readouterr().out
+    assert results[0] == first  # its wall time too: not trained again
+    assert [r["lr"] for r in results] == [1e-3, 3e-3, 1e-2] and all(r["steps_trained"] == 2 for r in results)
+    assert [json.loads(line)["result"] for line in path.read_text().splitlines()] == results  # each journaled once
+    assert SweepJournal(path).result(replace(base, lr=1e-3, seed=1)) is None  # another run is not the same run
+
+
+def test_a_stopped_sweep_is_not_overwritten_without_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.ablation import parse_args
+
+    journal_path(tmp_path, "ablation").write_text("")
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--out-dir", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert raised.value.code == 2 and "argument --resume" in error and "ablation.runs.jsonl" in error
+    assert parse_args(["--out-dir", str(tmp_path), "--resume"]).journal.done == {}
+    journal_path(tmp_path, "ablation").write_text('{"result": 1}\n')
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--out-dir", str(tmp_path), "--resume"])
+    assert raised.value.code == 2 and "line 1: not a journaled run" in capsys.readouterr().err

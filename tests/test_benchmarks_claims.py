@@ -8,13 +8,20 @@ are asserted: a quick run trains for a few steps only.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks.sweep_journal import journal_path
+
 from .helpers import run_benchmark_quick
+from .training_utils import ROOT
 
 # End-to-end: real processes and training runs. `make test-slow` runs them (and CI).
 pytestmark = pytest.mark.slow
@@ -123,6 +130,30 @@ def test_pretrained_vs_random_one_init_each_then_merged(tmp_path: Path) -> None:
         task["pretrained"]["final_accuracy"][0] - task["random"]["final_accuracy"][0]
     )
     assert merged["environment"]["merged_from"] == ["random-test.json", "pretrained-test.json"]
+
+
+def test_a_killed_sweep_resumes_from_its_journal(tmp_path: Path) -> None:
+    """The sweep is killed (SIGKILL) once a run has finished; ``--resume`` trains only the rest, and the result file
+    holds the journaled runs as they were, and every run once; the journal is removed."""
+    args = ["--tasks", "bit_xor", "digits", "--out-dir", str(tmp_path), "--name", "stopped"]
+    journal = journal_path(tmp_path, "stopped")
+    command = [sys.executable, "-m", "benchmarks.pretrained_vs_random", "--quick", *args]
+    sweep = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (journal.exists() and journal.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        assert sweep.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.05)
+    assert sweep.poll() is None, "the sweep ended before it could be killed"
+    sweep.kill()
+    sweep.wait()
+    finished = [json.loads(line)["result"] for line in journal.read_text().splitlines()]
+    assert 1 <= len(finished) < 4 and not (tmp_path / "stopped.json").exists()
+    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{len(finished)} of 4 runs already finished" in resumed.stdout
+    data = json.loads((tmp_path / "stopped.json").read_text())
+    assert len(data["runs"]) == 4 and all(run in data["runs"] for run in finished)  # not trained again
+    assert len({(r["task"], r["init"]) for r in data["runs"]}) == 4 and not journal.exists()
 
 
 def test_ablation_quick(tmp_path: Path) -> None:
