@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 if TYPE_CHECKING:
+    from .adapter_files import AdapterIntegrityError
     from .tuner import (
         PREFIX,
-        AdapterIntegrityError,
         FPTConfig,
         FPTInputLayer,
         FPTLayer,
@@ -86,6 +86,8 @@ wrapt.register_post_import_hook(lambda _peft: register(), "peft")
 
 def __getattr__(name: str) -> Any:
     """The tuner's classes, imported on first use (after peft, so that FPT is registered by then)."""
+    if name == "AdapterIntegrityError":
+        return importlib.import_module(".adapter_files", __name__).AdapterIntegrityError
     if name in _FROM_TUNER:
         import peft  # noqa: F401  # fires the registration above before the tuner is needed
 

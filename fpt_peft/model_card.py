@@ -15,8 +15,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .adapter_files import LOADING_NOTE
 from .presets import PresetReport
-from .tuner.config import MODEL_CARD_NOTE
 
 _METRIC_NAMES = {"accuracy": "Accuracy", "per_bit_accuracy": "Per-bit accuracy"}
 
@@ -102,7 +102,7 @@ Evaluation at the end of training{f" on `{dataset}`" if dataset else ""}:
 |---|---|
 {results}
 
-{_loading(base_model)}{MODEL_CARD_NOTE}
+{_loading(base_model)}{LOADING_NOTE}
 Install fpt-peft from its source repository (`pip install .` in a checkout) until it is published on PyPI.
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -18,8 +18,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from .data.spec import TaskSpec
 from .pretrained import DEFAULT_MODEL, HUB_IDS, packaged_name, resolve_model
 from .tuner.config import FPTConfig
-from .tuner.discovery import discover, position_capacity
-from .tuner.model import hidden_size_of
+from .tuner.discovery import discover, hidden_size_of, position_capacity
 
 logger = logging.getLogger("fpt_peft")
 

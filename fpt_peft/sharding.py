@@ -29,7 +29,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from torch.distributed.tensor import DTensor
 
 from .checkpoints import is_adapter_key
-from .tuner.model import block_list
+from .tuner.discovery import block_list
 
 Model = TypeVar("Model", bound=torch.nn.Module)
 SHARDED_STATE_DIR = "sharded"  # the folder in a checkpoint that holds the sharded adapter and optimizer state

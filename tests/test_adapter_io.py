@@ -30,7 +30,7 @@ from transformers import AutoModel
 
 from fpt_peft import AdapterIntegrityError, FPTConfig
 from fpt_peft.checkpoints import SAVE_MARGIN_BYTES, check_writable, estimate_save_bytes, save_adapter
-from fpt_peft.tuner import integrity
+from fpt_peft import adapter_files as integrity
 
 from .helpers import tiny_config
 

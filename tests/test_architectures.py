@@ -9,7 +9,7 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
 
-from fpt_peft import FPTConfig
+from fpt_peft import FPTConfig, FPTModuleLayer
 from fpt_peft.pretrained import minilm_path
 
 from .helpers import tiny_config
@@ -93,9 +93,9 @@ def test_real_pretrained_minilm_backbone_with_fpt_head() -> None:
     assert base.config.hidden_size == 384 and base.config.model_type == "bert"
     word_embeddings = base.embeddings.word_embeddings.weight.detach().clone()
     model = get_peft_model(base, FPTConfig(input_dim=10, output_dim=2, output_tokens=2, values_per_token=5))
-    config = model.peft_config["default"]
-    assert "embeddings.position_embeddings" in config.target_modules
-    assert sum("LayerNorm" in t for t in config.target_modules) == 13  # embeddings + 2 per block x 6
+    wrapped = [n for n, m in model.base_model.model.named_modules() if isinstance(m, FPTModuleLayer)]
+    assert "embeddings.position_embeddings" in wrapped
+    assert sum(n.endswith("LayerNorm") for n in wrapped) == 13  # embeddings + 2 per block x 6
     out = model(inputs_embeds=torch.randn(3, 4, 10), labels=torch.randint(0, 2, (3, 10)))
     assert out.logits.shape == (3, 10, 2)
     out.loss.backward()

@@ -40,7 +40,7 @@ from fpt_peft.checkpoints import (
 from fpt_peft.data import TaskData, load_task
 from fpt_peft.modeling import build_model
 from fpt_peft.training import NonFiniteError, TrainingArguments, train
-from fpt_peft.tuner import integrity
+from fpt_peft import adapter_files as integrity
 
 from .training_utils import ROOT, offline_env, poisoned_xor, save_tiny_backbone
 

@@ -36,7 +36,7 @@ from fpt_peft.sharding import (
     save_sharded_state,
     shard_model,
 )
-from fpt_peft.tuner.model import block_list
+from fpt_peft.tuner.discovery import block_list
 
 from .test_recipes import RECIPES, recipe_case
 from .training_utils import ROOT, load_recipe, model_batch, offline_env, quick_args, save_tiny_backbone

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from fpt_peft import AdapterIntegrityError, FPTConfig
-from fpt_peft.tuner import integrity
+from fpt_peft import adapter_files as integrity
 
 from .helpers import tiny_config
 

@@ -4,13 +4,11 @@
 import peft  # noqa: F401
 
 from .config import FPTConfig, FPTPeftType
-from .integrity import AdapterIntegrityError
 from .layer import FPTInputLayer, FPTLayer, FPTModuleLayer, FPTOutputLayer, FPTParameterLayer
 from .model import PREFIX, FPTModel, FPTOutput
 
 __all__ = [
     "PREFIX",
-    "AdapterIntegrityError",
     "FPTConfig",
     "FPTInputLayer",
     "FPTLayer",

@@ -7,8 +7,11 @@
   tokens or a new ``Embedding(vocab, hidden)`` for symbols.
 - :class:`FPTOutputLayer`: per adapter a new ``Linear`` read from the last tokens of a backbone.
 
-Adapter weights live in attributes whose names start with ``fpt_``, so peft saves only them. Merging copies weights
-in place; the base weights a merge overwrites are kept to restore them on unmerge.
+Adapter weights live in attributes whose names start with ``fpt_``, so peft saves only them. On a float16/bfloat16
+base peft keeps them in float32 (``autocast_adapter_dtype``); copies of base modules then compute in the base's dtype
+(their weights cast on the fly, so the float32 weights take the updates), new layers in their own dtype with results
+handed to the base in its dtype. Every layer takes peft's ``adapter_names`` (one adapter name per row of the batch,
+``"__base__"`` for the plain base) and computes each row with that row's adapter.
 """
 
 from __future__ import annotations
@@ -26,25 +29,28 @@ from torch.func import functional_call
 from .config import FPTConfig
 
 
-def _in_out_features(module: nn.Module) -> tuple[int | None, int | None]:
-    """peft's ``in_features``/``out_features`` of a wrapped module; (None, None) for modules without them (norms)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # peft warns about module types it does not know
-        return _get_in_out_features(module)  # type: ignore[no-any-return]
-
-
 def _check_finite(adapter_name: str, tensors: Iterable[torch.Tensor]) -> None:
     """``safe_merge``: refuse non-finite weights, with peft's own message."""
     if not all(torch.isfinite(t).all() for t in tensors):
         raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter_name} seems to be broken")
 
 
-class FPTLayer(nn.Module, BaseTunerLayer):
-    """Common base of FPT's layers: one active adapter at a time, requires_grad as the adapter's config says.
+def _float_dtype(module: nn.Module | None) -> torch.dtype | None:
+    """The dtype of ``module``'s first floating-point parameter (the dtype the base computes in), or None."""
+    params = [] if module is None else [p for p in module.parameters() if p.is_floating_point()]
+    return params[0].dtype if params else None
 
-    Merging keeps a layer with no counterpart in the base model in use (book-keeping only); :class:`_CopyLayer`
-    overrides it to copy weights into the base module.
-    """
+
+def _rows(value: Any, index: torch.Tensor, batch: int) -> Any:
+    """``value`` restricted to the rows ``index`` when it is a tensor with ``batch`` rows (else unchanged)."""
+    if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch:
+        return value[index.to(value.device)]
+    return value
+
+
+class FPTLayer(nn.Module, BaseTunerLayer):
+    """Common base of FPT's layers: one active adapter at a time, requires_grad as the adapter's config says, and
+    per-row adapters (``adapter_names``) for every layer through :meth:`forward_with`."""
 
     def __init__(self, base_layer: nn.Module | None, adapter_name: str) -> None:
         super().__init__()
@@ -53,7 +59,9 @@ class FPTLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = adapter_name
         self.merged_adapters: list[str] = []
         self.frozen_peft_weight_names: dict[str, tuple[str, ...]] = {}
-        features = _in_out_features(base_layer) if base_layer is not None else (None, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # peft warns about module types it does not know (norms)
+            features = _get_in_out_features(base_layer) if base_layer is not None else (None, None)
         self.in_features: int | None = features[0]
         self.out_features: int | None = features[1]
 
@@ -63,14 +71,15 @@ class FPTLayer(nn.Module, BaseTunerLayer):
             self.frozen_peft_weight_names[adapter_name] = self.adapter_layer_names
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
-    def _adapters(self) -> Any:
+    def adapters_here(self) -> Any:
+        """The container of this layer's adapter weights (name -> module or parameter)."""
         return getattr(self, self.adapter_layer_names[0])
 
-    def _active_here(self) -> str | None:
-        """The one active adapter with weights in this layer, or None (disabled, or none here)."""
+    def adapter_for_forward(self) -> str | None:
+        """The one active adapter with weights in this layer, or None for the base (disabled, or none here)."""
         if self._disable_adapters:
             return None
-        present = [name for name in self.active_adapters if name in self._adapters()]
+        present = [name for name in self.active_adapters if name in self.adapters_here()]
         if len(present) > 1:
             raise ValueError(f"FPT runs one adapter at a time; {present} are active. Call set_adapter(name).")
         return present[0] if present else None
@@ -78,11 +87,42 @@ class FPTLayer(nn.Module, BaseTunerLayer):
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
         pass  # adapter weights are created beside the base weights, or loaded in place (assign=True)
 
+    def forward_with(self, name: str | None, *args: Any, **kwargs: Any) -> Any:
+        """This layer's output computed with adapter ``name`` (None: the base)."""
+        raise NotImplementedError
+
+    def forward(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
+        if adapter_names is None:
+            return self.forward_with(self.adapter_for_forward(), *args, **kwargs)
+        if self.merged:
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, call `unmerge_adapter` first."
+            )
+        batch, rows = len(adapter_names), args[0].shape[0]
+        groups: dict[str, list[int]] = {}
+        for row, name in enumerate(adapter_names):
+            groups.setdefault(name, []).append(row)
+        here = {name: name if name in self.adapters_here() else None for name in groups}  # "__base__": the base
+        if rows == 1 and batch > 1:  # an input the batch shares (position ids): one result per adapter, per row
+            shared = {name: self.forward_with(here[name], *args, **kwargs) for name in groups}
+            return torch.cat([shared[name] for name in adapter_names])
+        if rows != batch:
+            raise ValueError(f"adapter_names has {batch} names, but the input has {rows} rows; give one per row.")
+        parts, order = [], []
+        for name, members in groups.items():
+            index = torch.tensor(members)
+            part_args = [_rows(a, index, batch) for a in args]
+            part_kwargs = {k: _rows(v, index, batch) for k, v in kwargs.items()}
+            parts.append(self.forward_with(here[name], *part_args, **part_kwargs))
+            order += members
+        out = torch.cat(parts)
+        return out[torch.argsort(torch.tensor(order, device=out.device))]
+
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Mark the adapter merged; its new layer stays in use (a base model has no place for it)."""
-        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self._adapters()]
+        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self.adapters_here()]
         for name in names if safe_merge else []:
-            _check_finite(name, self._adapters()[name].parameters())
+            _check_finite(name, self.adapters_here()[name].parameters())
         self.merged_adapters.extend(names)
 
     def unmerge(self) -> None:
@@ -104,21 +144,24 @@ class FPTLayer(nn.Module, BaseTunerLayer):
 
 class _CopyLayer(FPTLayer):
     """A layer whose adapter holds copies of base tensors: merge copies them into the base in place, unmerge restores
-    the base's own values (kept aside while merged)."""
+    the base's own values (kept aside while merged); forward computes in the base's dtype."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str) -> None:
         super().__init__(base_layer, adapter_name)
         self._originals: dict[str, torch.Tensor] = {}
 
-    def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+    def adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The adapter's tensors by the base module's parameter names."""
         raise NotImplementedError
 
-    def _base_tensors(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+    def _as_base(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The adapter's tensors in the base's dtype (differentiable casts, so float32 weights get the gradients)."""
+        dtype = _float_dtype(self.get_base_layer())
+        return {n: t if dtype is None else t.to(dtype) for n, t in self.adapter_tensors(adapter_name).items()}
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Copy the adapter's weights into the base module; the base computes with them until :meth:`unmerge`."""
-        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self._adapters()]
+        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self.adapters_here()]
         if not names:
             return
         if len(names) > 1:
@@ -126,10 +169,10 @@ class _CopyLayer(FPTLayer):
         if self.merged:
             warnings.warn(f"Already merged with {self.merged_adapters}. Unmerging first.", stacklevel=2)
             self.unmerge()
-        source = self._adapter_tensors(names[0])
+        source = self.adapter_tensors(names[0])
         if safe_merge:
             _check_finite(names[0], source.values())
-        base = self._base_tensors()
+        base = {name: getattr(self.get_base_layer(), name) for name in source}
         self._originals = {name: tensor.detach().clone() for name, tensor in base.items()}
         with torch.no_grad():
             for name, tensor in base.items():
@@ -142,20 +185,25 @@ class _CopyLayer(FPTLayer):
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         with torch.no_grad():
-            for name, tensor in self._base_tensors().items():
-                tensor.copy_(self._originals[name])
+            for name, tensor in self._originals.items():
+                getattr(self.get_base_layer(), name).copy_(tensor)
         self._originals = {}
         self.merged_adapters.pop()
 
-    def _active_for_forward(self) -> str | None:
-        """The adapter to compute with, or None for the base; disabling a merged adapter unmerges it (as LoRA)."""
+    def adapter_for_forward(self) -> str | None:
+        """As :meth:`FPTLayer.adapter_for_forward`; a merged adapter computes in the base (disabling unmerges it)."""
         if self._disable_adapters and self.merged:
             self.unmerge()
-        return None if self.merged else self._active_here()
+        return None if self.merged else super().adapter_for_forward()
+
+    def forward_with(self, name: str | None, *args: Any, **kwargs: Any) -> Any:
+        if name is None:
+            return self.base_layer(*args, **kwargs)
+        return functional_call(self.base_layer, self._as_base(name), args, kwargs)
 
 
 class FPTModuleLayer(_CopyLayer):
-    """Routes a module's forward through the active adapter's trainable copy of it."""
+    """Routes a module's forward through an adapter's trainable copy of its parameters."""
 
     adapter_layer_names = ("fpt_copies",)
 
@@ -170,15 +218,13 @@ class FPTModuleLayer(_CopyLayer):
         self.fpt_copies[adapter_name] = layer.to("meta") if on_meta else layer
         self._register(adapter_name, config)
 
-    def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+    def adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
         return dict(self.fpt_copies[adapter_name].named_parameters())
 
-    def _base_tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.get_base_layer().named_parameters())
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        active = self._active_for_forward()
-        return (self.base_layer if active is None else self.fpt_copies[active])(*args, **kwargs)
+    def forward_with(self, name: str | None, *args: Any, **kwargs: Any) -> Any:
+        if name is not None and _float_dtype(self.fpt_copies[name]) == _float_dtype(self.get_base_layer()):
+            return self.fpt_copies[name](*args, **kwargs)  # same dtype: the copy itself (no re-binding per call)
+        return super().forward_with(name, *args, **kwargs)
 
 
 class FPTParameterLayer(_CopyLayer):
@@ -201,27 +247,18 @@ class FPTParameterLayer(_CopyLayer):
         self.fpt_parameters[adapter_name] = nn.Parameter(value)
         self._register(adapter_name, config)
 
-    def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+    def adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
         return {self.parameter_name: self.fpt_parameters[adapter_name]}
-
-    def _base_tensors(self) -> dict[str, torch.Tensor]:
-        return {self.parameter_name: getattr(self.get_base_layer(), self.parameter_name)}
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        active = self._active_for_forward()
-        if active is None:
-            return self.base_layer(*args, **kwargs)
-        return functional_call(self.base_layer, {self.parameter_name: self.fpt_parameters[active]}, args, kwargs)
 
 
 class FPTInputLayer(FPTLayer):
     """Wraps the input embedding; adds a new input layer (continuous or symbolic) per adapter.
 
-    Symbols pass through ``forward(input_ids)`` (the model calls its input embedding as usual); continuous tokens are
-    mapped by :meth:`embed_features`, which the tuner's forward pre-hook applies to the call's ``inputs_embeds``.
-    Merging keeps the new layer in use (a base model has no place for it); ``merge_and_unload`` of a symbolic adapter
-    puts the new vocabulary in place of the base embedding. A continuous layer is followed, in training mode, by
-    dropout with the adapter's ``input_dropout`` (functional, so the saved weights are those of the ``Linear`` alone).
+    Symbols pass through ``forward(input_ids)`` (the model calls its input embedding as usual); continuous tokens
+    through ``forward(inputs_embeds, features=True)``, which the tuner's forward pre-hook calls on the model's
+    ``inputs_embeds``. A continuous layer is followed, in training mode, by dropout with the adapter's
+    ``input_dropout``. ``merge_and_unload`` of a symbolic adapter puts the new vocabulary in place of the base
+    embedding; a continuous layer cannot be merged.
     """
 
     adapter_layer_names = ("fpt_input",)
@@ -250,69 +287,54 @@ class FPTInputLayer(FPTLayer):
         elif config.input_vocab_size is not None:
             layer = nn.Embedding(config.input_vocab_size, self.hidden_size, device=device)
             if not on_meta:
-                if config.embedding_init == "normal":  # nn.Embedding's own N(0, 1), as the official code
-                    std = 1.0
-                else:  # "scaled": start at the scale of the pretrained token embeddings
-                    std = float(base_weight.float().std()) if base_weight is not None else 0.02
-                nn.init.normal_(layer.weight, std=std)
+                scaled = config.embedding_init == "scaled" and base_weight is not None
+                nn.init.normal_(layer.weight, std=float(base_weight.float().std()) if scaled else 1.0)  # type: ignore[union-attr]
         else:
             return
-        dtype = self._base_dtype()
+        dtype = _float_dtype(self.get_base_layer())
         self.fpt_input[adapter_name] = layer if dtype is None else layer.to(dtype)  # peft's autocast may up-cast it
         self._register(adapter_name, config, trainable=config.train_input)
 
-    def _base_dtype(self) -> torch.dtype | None:
-        weight = getattr(self.get_base_layer(), "weight", None)
-        return weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else None
-
-    def _active_layer(self) -> nn.Module | None:
-        active = self._active_here()
-        return None if active is None else self.fpt_input[active]
-
-    def forward(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        layer = self._active_layer()
+    def forward_with(
+        self, name: str | None, inputs: torch.Tensor, *args: Any, features: bool = False, **kwargs: Any
+    ) -> Any:
+        layer = None if name is None else self.fpt_input[name]
         if layer is None:
-            return self.base_layer(input_ids, *args, **kwargs)  # type: ignore[no-any-return]
+            return inputs if features else self.base_layer(inputs, *args, **kwargs)
+        dtype = _float_dtype(self.get_base_layer())
         if isinstance(layer, nn.Linear):
-            raise ValueError(
-                f"The active FPT adapter takes continuous inputs: pass inputs_embeds of shape (batch, tokens, "
-                f"{layer.in_features}), not input_ids."
-            )
+            if not features:
+                raise ValueError(
+                    f"The active FPT adapter takes continuous inputs: pass inputs_embeds of shape (batch, tokens, "
+                    f"{layer.in_features}), not input_ids."
+                )
+            if inputs.dim() != 3 or inputs.shape[-1] != layer.in_features:
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, tokens, input_dim={layer.in_features}); got "
+                    f"{tuple(inputs.shape)}."
+                )
+            out = layer(inputs.to(layer.weight.dtype))
+            rate = self.input_dropout.get(name, 0.0)  # type: ignore[arg-type]
+            if rate > 0:  # skipped at 0 so that the random stream (and every result) stays as without the option
+                out = nn.functional.dropout(out, p=rate, training=self.training)
+            return out if dtype is None else out.to(dtype)
+        if features:
+            return inputs  # a symbolic adapter leaves ready embeddings to the base, as the base embedding does
         assert isinstance(layer, nn.Embedding)
-        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dim() != 2:
+        if inputs.is_floating_point() or inputs.is_complex() or inputs.dim() != 2:
             raise ValueError(
-                f"input_ids must be integer ids of shape (batch, tokens); got {input_ids.dtype} of shape "
-                f"{tuple(input_ids.shape)}."
+                f"input_ids must be integer ids of shape (batch, tokens); got {inputs.dtype} of shape "
+                f"{tuple(inputs.shape)}."
             )
-        if input_ids.numel():
-            low, high = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())  # one host read
+        if inputs.numel():
+            low, high = (int(v) for v in torch.stack(torch.aminmax(inputs)).tolist())  # one host read
             if high >= layer.num_embeddings or low < 0:
                 raise ValueError(
                     f"input_ids must lie in [0, input_vocab_size={layer.num_embeddings}); got values in "
                     f"[{low}, {high}]."
                 )
-        out = layer(input_ids)
-        dtype = self._base_dtype()
+        out = layer(inputs)
         return out if dtype is None else out.to(dtype)
-
-    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Map continuous tokens (batch, tokens, input_dim) to the model width with the active input layer (then its
-        dropout, in training mode)."""
-        active = self._active_here()
-        layer = None if active is None else self.fpt_input[active]
-        if not isinstance(layer, nn.Linear):
-            return features
-        if features.dim() != 3 or features.shape[-1] != layer.in_features:
-            raise ValueError(
-                f"inputs_embeds must have shape (batch, tokens, input_dim={layer.in_features}); got "
-                f"{tuple(features.shape)}."
-            )
-        out = layer(features.to(layer.weight.dtype))
-        rate = self.input_dropout.get(active, 0.0) if active is not None else 0.0
-        if rate > 0:  # skipped at 0 so that the random stream (and every result) stays as without the option
-            out = nn.functional.dropout(out, p=rate, training=self.training)
-        dtype = self._base_dtype()
-        return out if dtype is None or torch.is_autocast_enabled(out.device.type) else out.to(dtype)
 
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
@@ -328,7 +350,8 @@ class FPTInputLayer(FPTLayer):
             _check_finite(names[0], [layer.weight])
         merged = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx)
         weight = layer.weight.detach()
-        merged.weight = nn.Parameter(weight.to(self._base_dtype() or weight.dtype).clone(), requires_grad=False)
+        dtype = _float_dtype(self.get_base_layer()) or weight.dtype
+        merged.weight = nn.Parameter(weight.to(dtype).clone(), requires_grad=False)
         return merged
 
 
@@ -360,14 +383,10 @@ class FPTOutputLayer(FPTLayer):
         self.output_shapes[adapter_name] = (config.output_tokens, config.values_per_token, config.output_dim)
         self._register(adapter_name, config, trainable=config.train_output)
 
-    def active_name(self) -> str | None:
-        """The active adapter if it has an output layer here."""
-        return self._active_here()
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        name = self.active_name()
+    def forward_with(self, name: str | None, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
+        """Logits of adapter ``name`` from the final hidden states, in the output layer's dtype."""
         if name is None:
-            raise RuntimeError("No active FPT output layer.")
+            raise ValueError("No FPT output layer for these rows: the plain base has no output layer to compute.")
         tokens, values, classes = self.output_shapes[name]
         if hidden.shape[1] < tokens:
             raise ValueError(f"The output layer reads the last {tokens} tokens; the input has {hidden.shape[1]}.")

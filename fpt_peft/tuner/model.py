@@ -1,34 +1,46 @@
-"""The FPT tuner: injects the layers of :mod:`.layer` into a Hugging Face model."""
+"""The FPT tuner: injects the layers of :mod:`.layer` into a Hugging Face model.
+
+Norms, positions and (for ablations) block linears are replaced by peft's usual injection. The new input and output
+layers are different: continuous tokens arrive as the model's ``inputs_embeds`` and the output layer reads its final
+hidden states, and neither passes through a module of the model that could be replaced. So two forward hooks on the
+model carry them (handles kept on the tuner, removed on unload): the pre-hook maps ``inputs_embeds`` through the input
+layer, the post-hook applies the output layer and returns :class:`FPTOutput`. This is the simplest design that passes
+peft's generic checks on the model the user gave: a wrapper model class with explicit input and output modules would
+replace that model, its class and its state-dict names. ``transformers.Trainer`` needs nothing special with
+``task_type="SEQ_CLS"`` (the model's own head is the output layer); on a backbone with ``output_dim`` it needs
+``label_names=["labels"]``, because Trainer reads label names from the base model class's ``forward`` signature,
+which no tuner can change.
+"""
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _find_minimal_target_modules
 from peft.utils.constants import DUMMY_TARGET_MODULES
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from transformers.utils import ModelOutput
 
-from . import integrity
 from .config import FPTConfig
-from .discovery import POSITION_NAMES, discover, is_norm, position_capacity
+from .discovery import POSITION_NAMES, block_list, discover, hidden_size_of, is_norm, position_capacity, text_config_of
 from .layer import FPTInputLayer, FPTLayer, FPTModuleLayer, FPTOutputLayer, FPTParameterLayer
 
 logger = logging.getLogger("fpt_peft")
 
 PREFIX = "fpt_"
 OUTPUT_LAYER_NAME = "output_adapter"  # child of the HF model holding FPT output layers
-_CAPACITY = "_fpt_position_capacity"  # longest input the learned positions index (None: unbounded); static per model
-_BASE_PAD = "_fpt_base_pad_token_id"  # the model's own pad_token_id, restored when FPT leaves
-_DIGESTS = "_fpt_expected_digests"  # tuner attribute: adapter name -> digest its pending load must match
-_CUT_BLOCKS = "_fpt_cut_blocks"  # the blocks num_layers took off the model, with the config values to restore
+BASE = "__base__"  # peft's name for "the plain base" in adapter_names
 _HEADS = ("score", "classifier", "lm_head")
+_UNSET = object()
 
 
 @dataclass
@@ -42,18 +54,15 @@ class FPTOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-def hidden_size_of(model: nn.Module) -> int | None:
-    """Width of the residual stream of ``model``, or None when it cannot be told."""
-    config = getattr(model, "config", None)
-    if config is not None:
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        for name in ("hidden_size", "n_embd", "d_model", "dim"):
-            value = getattr(text_config, name, None)
-            if isinstance(value, int):
-                return value
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]
-    weight = getattr(embedding, "weight", None)
-    return None if weight is None else int(weight.shape[-1])
+@dataclass
+class _BlockCut:
+    """The blocks ``FPTConfig.num_layers`` takes off the model, and the config values they came with."""
+
+    blocks_name: str
+    blocks: list[nn.Module]
+    depth: int
+    layer_types: list[str] | None
+    applied: bool = False
 
 
 class FPTModel(BaseTuner):
@@ -78,63 +87,78 @@ class FPTModel(BaseTuner):
     tuner_layer_cls = FPTLayer
     target_module_mapping: dict[str, list[str]] = {}  # noqa: RUF012 - discovery is structural
     _on_meta = False  # low_cpu_mem_usage of the injection in progress
+    _cut: _BlockCut | None = None
+    _hook_handles: tuple[RemovableHandle, ...] = ()
+    _base_pad_token_id: Any = _UNSET  # the model's own pad_token_id, restored when FPT leaves
+    _position_capacity: int | None = None  # longest input the learned positions index (None: unbounded)
 
-    # ------------------------------------------------------------------ configuration
-    def _prepare_adapter_config(self, given: FPTConfig, model_config: dict) -> FPTConfig:  # type: ignore[override]
-        """Check the model and resolve targets on a copy of ``given``, which replaces it when anything was filled in
-        (a config saved with an adapter is complete, and stays the very object passed, as peft keeps it)."""
-        model = self.model
-        peft_config = copy.deepcopy(given)
-        hidden = hidden_size_of(model)
-        model_type = model_config.get("model_type")
-        if hidden is None and (peft_config.has_new_layers or peft_config.input_vocab_size):
+    # ------------------------------------------------------------------ configuration and model preparation
+    def _prepare_adapter_config(self, peft_config: FPTConfig, model_config: dict) -> FPTConfig:  # type: ignore[override]
+        """Check that the adapter fits the model and write what it resolves into ``peft_config`` itself, as LoRA
+        does: the base's type and width and, unless given, the targets (suffixes that select exactly the modules
+        discovery found)."""
+        model, hidden, model_type = self.model, hidden_size_of(self.model), model_config.get("model_type")
+        if hidden is None and (not peft_config.mergeable or peft_config.input_vocab_size):
             raise ValueError(
                 f"FPT cannot tell the width of {type(model).__name__} (no config.hidden_size and no input embedding), "
                 "so it cannot size a new input or output layer."
             )
-        if peft_config.base_hidden_size is not None and peft_config.base_hidden_size != hidden:
+        recorded = (peft_config.base_model_type, peft_config.base_hidden_size)
+        if recorded[1] is not None and recorded[1] != hidden:
             raise ValueError(
-                f"This FPT adapter was made for a base model of width {peft_config.base_hidden_size} "
-                f"({peft_config.base_model_type}); the model it is loaded onto has width {hidden} ({model_type})."
+                f"This FPT adapter was made for a base model of width {recorded[1]} ({recorded[0]}); the model it is "
+                f"loaded onto has width {hidden} ({model_type})."
             )
-        if peft_config.base_model_type is not None and model_type and peft_config.base_model_type != model_type:
+        if recorded[0] is not None and model_type and recorded[0] != model_type:
             raise ValueError(
-                f"This FPT adapter was made for a {peft_config.base_model_type!r} model; the model it is loaded onto "
-                f"is a {model_type!r} model. Load it onto the architecture it was trained on."
+                f"This FPT adapter was made for a {recorded[0]!r} model; the model it is loaded onto is a "
+                f"{model_type!r} model. Load it onto the architecture it was trained on."
             )
         if peft_config.output_dim is not None and getattr(model, "base_model", model) is not model:
             raise ValueError(
                 f"FPTConfig.output_dim adds an output layer on top of a backbone, but {type(model).__name__} already "
                 "has a task head. Load the backbone with AutoModel, or use task_type='SEQ_CLS' without output_dim."
             )
-        peft_config.base_hidden_size = hidden
-        peft_config.base_model_type = model_type
-        if peft_config.num_layers is not None:
-            _keep_blocks(model, peft_config.num_layers)  # before targets are found: cut blocks have none
+        cut = self._blocks_to_cut(peft_config.num_layers)
+        peft_config.base_hidden_size, peft_config.base_model_type = hidden, model_type
         if peft_config.target_modules is None:
-            self._resolve_targets(peft_config)
+            self._resolve_targets(peft_config, cut)
         for qualified in peft_config.position_parameters or []:
             owner_name, _, param_name = qualified.rpartition(".")
-            owner = _submodule(model, owner_name)
-            if owner is None or not isinstance(getattr(owner, param_name, None), torch.Tensor):
+            if not isinstance(getattr(_submodule(model, owner_name), param_name, None), torch.Tensor):
                 raise ValueError(
                     f"FPTConfig.position_parameters names {qualified!r}, which is not a parameter of "
                     f"{type(model).__name__}."
                 )
-        if peft_config == given:
-            return given
-        for name, config in list(self.peft_config.items()):
-            if config is given:
-                self.peft_config[name] = peft_config
         return peft_config
 
-    def _resolve_targets(self, config: FPTConfig) -> None:
-        """Fill the adapter's own config with the exact module and parameter names found in the model."""
+    def _blocks_to_cut(self, keep: int | None) -> tuple[str, ...]:
+        """Names of the blocks ``num_layers=keep`` will take off (none when it keeps them all), or a ValueError."""
+        if keep is None:
+            return ()
+        name, blocks = block_list(self.model)
+        if keep > len(blocks):
+            held = " (an FPT adapter already on it keeps that many)" if self._cut else ""
+            raise ValueError(
+                f"This FPT adapter was made for the first {keep} transformer blocks of its base "
+                f"(FPTConfig.num_layers), but {type(self.model).__name__} has {len(blocks)}{held}. Load it onto a "
+                f"base with at least {keep}."
+            )
+        if keep < len(blocks) and self._cut is not None:
+            raise ValueError(
+                f"FPTConfig.num_layers={keep}: another FPT adapter on this model already keeps {len(blocks)} blocks; "
+                "the adapters of one model must keep the same number."
+            )
+        return tuple(f"{name}.{i}" for i in range(keep, len(blocks)))
+
+    def _resolve_targets(self, config: FPTConfig, cut: tuple[str, ...]) -> None:
+        """Fill ``config`` with the discovered targets: module suffixes (peft's ``_find_minimal_target_modules``)
+        and qualified names of position parameters."""
         model = self.model
-        skip = [_input_embedding_name(model), OUTPUT_LAYER_NAME]
+        skip = [_input_embedding_name(model), OUTPUT_LAYER_NAME, *cut]
         skip += [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in _HEADS]
         found = discover(model, skip=tuple(n for n in skip if n))
-        names: list[str] = found.norms if config.train_layer_norms else []
+        names = found.norms if config.train_layer_norms else []
         config.position_parameters = found.position_parameters if config.train_positions else []
         if config.train_positions:
             names = names + found.position_modules
@@ -149,14 +173,50 @@ class FPTModel(BaseTuner):
             found.feedforward if config.train_feedforward else []
         )
         wants_groups = config.train_layer_norms or config.train_attention or config.train_feedforward
-        has_io = config.has_new_layers or config.input_vocab_size or config.modules_to_save
+        has_io = not config.mergeable or config.input_vocab_size or config.modules_to_save
         if not names and not config.position_parameters and wants_groups and not has_io:
             raise ValueError(
                 f"FPT found nothing to train in {type(model).__name__}: searched for norm modules (LayerNorm, "
                 "RMSNorm, *Norm classes with parameters), learned positional embeddings, and block linears. Pass "
                 "FPTConfig(target_modules=[...]) with the names of the modules to train."
             )
-        config.target_modules = names if names else DUMMY_TARGET_MODULES
+        if not names:
+            config.target_modules = DUMMY_TARGET_MODULES
+            return
+        kept = [n for n, _ in model.named_modules() if n and not any(n == c or n.startswith(c + ".") for c in cut)]
+        config.target_modules = sorted(_find_minimal_target_modules(names, [n for n in kept if n not in names]))
+
+    def _prepare_model(self, peft_config: FPTConfig, model: nn.Module) -> None:  # type: ignore[override]
+        """Take the blocks after ``num_layers`` off the model (kept aside on the tuner)."""
+        cut = self._blocks_to_cut(peft_config.num_layers)
+        if not cut:
+            return
+        name, blocks = block_list(model)
+        keep = len(blocks) - len(cut)
+        self._cut = _BlockCut(
+            name, list(blocks[keep:]), len(blocks), getattr(text_config_of(model), "layer_types", None)
+        )
+        self._apply_cut(True)
+
+    def _apply_cut(self, cut: bool) -> None:
+        """Take the cut blocks off the model (``cut``) or put them back, with the config's layer count."""
+        state = self._cut
+        if state is None or state.applied == cut:
+            return
+        blocks: Any = self.model.get_submodule(state.blocks_name)
+        text_config = text_config_of(self.model)
+        keep = state.depth - len(state.blocks)
+        if cut:
+            del blocks[keep:]
+        else:
+            # the model may have moved or switched mode while the blocks were off it; they are frozen base weights
+            reference = next(p for p in blocks.parameters() if p.is_floating_point())
+            moved = [b.to(device=reference.device, dtype=reference.dtype) for b in state.blocks]
+            blocks.extend(b.train(self.model.training).requires_grad_(False) for b in moved)
+        text_config.num_hidden_layers = keep if cut else state.depth
+        if isinstance(state.layer_types, list):
+            text_config.layer_types = state.layer_types[:keep] if cut else state.layer_types
+        state.applied = cut
 
     # ------------------------------------------------------------------ injection
     def _create_and_replace(  # type: ignore[override]
@@ -187,10 +247,7 @@ class FPTModel(BaseTuner):
         low_cpu_mem_usage: bool = False,
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Inject norms and positions through peft, then add the parameter, input and output layers and the hooks.
-
-        The config the caller passed is never changed (see :meth:`_prepare_adapter_config`).
-        """
+        """Inject norms and positions through peft, then add the parameter, input and output layers and the hooks."""
         self._on_meta = low_cpu_mem_usage
         try:
             super().inject_adapter(
@@ -207,15 +264,12 @@ class FPTModel(BaseTuner):
             self._add_output_layer(model, adapter_name, config)
         finally:
             self._on_meta = False
-        # The digest of a loaded config belongs to the load in progress: it moves off the config (never stale there)
-        # to the tuner, and is checked once against the weights in _remap_adapter_state_dict_for_load.
-        config = self.peft_config[adapter_name]
-        digest, config.weights_sha256 = config.weights_sha256, None  # type: ignore[attr-defined]
-        self.__dict__.setdefault(_DIGESTS, {})[adapter_name] = digest
-        if not _hooks_installed(model):
-            model.register_forward_pre_hook(_before_forward, with_kwargs=True)
-            model.register_forward_hook(_after_forward, with_kwargs=True)
-        model.__dict__[_CAPACITY] = position_capacity(model, discover(model).position_modules)
+        if not self._hook_handles:
+            self._hook_handles = (
+                model.register_forward_pre_hook(self._map_inputs, with_kwargs=True),
+                model.register_forward_hook(self._apply_output_layer, with_kwargs=True),
+            )
+        self._position_capacity = position_capacity(model, discover(model).position_modules)
 
     def _add_parameter_layers(self, model: nn.Module, adapter_name: str, config: FPTConfig) -> None:
         for qualified in config.position_parameters or []:
@@ -235,12 +289,11 @@ class FPTModel(BaseTuner):
         if isinstance(embedding, FPTInputLayer):
             embedding.update_layer(adapter_name, config, self._on_meta)
         else:
-            hidden = config.base_hidden_size or 0
-            layer = FPTInputLayer(embedding, adapter_name, config, hidden, self._on_meta)
+            layer = FPTInputLayer(embedding, adapter_name, config, config.base_hidden_size or 0, self._on_meta)
             model.set_input_embeddings(layer)  # type: ignore[operator]
         model_config: Any = model.config
-        if _BASE_PAD not in model.__dict__:  # what unload restores
-            model.__dict__[_BASE_PAD] = getattr(model_config, "pad_token_id", None)
+        if self._base_pad_token_id is _UNSET:
+            self._base_pad_token_id = getattr(model_config, "pad_token_id", None)
         if adapter_name in self.active_adapters and (
             config.input_vocab_size is not None or getattr(model_config, "pad_token_id", None) is None
         ):
@@ -259,19 +312,7 @@ class FPTModel(BaseTuner):
             head = FPTOutputLayer(adapter_name, config, hidden, _last_hidden_weight(model), self._on_meta)
             model.add_module(OUTPUT_LAYER_NAME, head)
 
-    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        """PEFT's rule for new layers (float32 on a float16/bfloat16 base unless turned off); copies of base modules
-        keep the base dtype, as LN tuning's do (an up-cast norm breaks a bf16 forward)."""
-        if not autocast_adapter_dtype:
-            return
-        for module in self.model.modules():
-            if isinstance(module, (FPTInputLayer, FPTOutputLayer)):
-                container = getattr(module, module.adapter_layer_names[0])
-                if adapter_name in container:
-                    for param in container[adapter_name].parameters():
-                        if param.dtype in (torch.float16, torch.bfloat16):
-                            param.data = param.data.to(torch.float32)
-
+    # ------------------------------------------------------------------ adapters: switch, disable, delete, mix
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """Activate ``adapter_name``: only its weights train, and the model computes with them."""
         super().set_adapter(adapter_name, inference_mode=inference_mode)
@@ -280,11 +321,64 @@ class FPTModel(BaseTuner):
         if isinstance(config, FPTConfig) and config.input_vocab_size is not None:
             self.model.config.pad_token_id = config.pad_token_id
 
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        """Enable or disable every adapter layer; disabled, the model is the plain base with all its blocks."""
+        super()._enable_adapter_layers(enabled)
+        self._apply_cut(enabled)
+
     def delete_adapter(self, adapter_name: str) -> None:
-        """Delete ``adapter_name``; the last FPT adapter takes its hooks and the padding id it wrote with it."""
+        """Delete ``adapter_name``; the last FPT adapter takes its hooks, cut and padding id with it."""
         super().delete_adapter(adapter_name)
         if not any(isinstance(c, FPTConfig) for c in self.peft_config.values()):
-            _remove_side_effects(self.model)
+            self._remove_side_effects(keep_cut=False)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """peft's mixed-adapter batches: ``adapter_names`` (one per row) reaches every FPT layer and saved module for
+        the duration of the call, as LoRA's does."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        names = self._check_adapter_names(adapter_names)
+        beams = kwargs.get("num_beams")
+        if isinstance(beams, int) and beams > 1:  # generate repeats each row once per beam
+            names = [name for name in names for _ in range(beams)]
+        handles = [
+            module.register_forward_pre_hook(functools.partial(_pass_adapter_names, names=names), with_kwargs=True)
+            for module in self.model.modules()
+            if isinstance(module, (FPTLayer, AuxiliaryTrainingWrapper))
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _check_adapter_names(self, adapter_names: Any) -> list[str]:
+        """``adapter_names`` as a list, or a ValueError naming what cannot be computed in one batch."""
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        if not isinstance(adapter_names, (list, tuple)) or not all(isinstance(n, str) for n in adapter_names):
+            raise TypeError(f"adapter_names must be a list of str, one per row; got {adapter_names!r}.")
+        unknown = sorted(set(adapter_names) - set(self.peft_config) - {BASE})
+        if unknown:
+            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}")
+        named = sorted(set(adapter_names) - {BASE})
+        shapes = {name: _batch_shape(self.peft_config[name]) for name in named}  # type: ignore[arg-type]
+        if len(set(shapes.values())) > 1:
+            raise ValueError(
+                f"Adapters {named} cannot share a batch: their inputs / outputs differ "
+                f"({', '.join(f'{n}: {s}' for n, s in shapes.items())})."
+            )
+        if BASE in adapter_names:
+            blocking = [n for n in named if shapes[n] != _batch_shape(None)]
+            if blocking or self._cut is not None:
+                raise ValueError(
+                    f"'{BASE}' rows cannot share a batch with adapter(s) {blocking or named}: they add a new input "
+                    "or output layer or keep fewer blocks (num_layers), which the plain base does not have."
+                )
+        return list(adapter_names)
 
     # ------------------------------------------------------------------ merge / unload
     def _unload_and_optionally_merge(  # type: ignore[override]
@@ -297,7 +391,7 @@ class FPTModel(BaseTuner):
         vocabulary: FPTConfig | None = None
         if merge:
             configs = {n: self.peft_config[n] for n in adapter_names or self.active_adapters}
-            blocked = sorted(n for n, c in configs.items() if isinstance(c, FPTConfig) and c.has_new_layers)
+            blocked = sorted(n for n, c in configs.items() if isinstance(c, FPTConfig) and not c.mergeable)
             if blocked:
                 raise ValueError(
                     f"Adapter(s) {blocked} have a new continuous input layer (input_dim) or an FPT output layer "
@@ -311,17 +405,33 @@ class FPTModel(BaseTuner):
                     f"{type(self.model).__name__} ties its output embedding to the input embedding, so the new FPT "
                     "vocabulary cannot replace it in a plain model. Merge it into a model without tied embeddings."
                 )
+            self._apply_cut(True)  # the merged model computes what the adapter computed: with the kept blocks only
         model: nn.Module = super()._unload_and_optionally_merge(  # type: ignore[func-returns-value,assignment]
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
         )
-        _remove_side_effects(model)
+        self._remove_side_effects(keep_cut=merge)
         if vocabulary is not None:  # the new vocabulary is now the model's own
-            text_config = model.config.get_text_config()  # type: ignore[operator,union-attr]
+            text_config = text_config_of(model)
             text_config.vocab_size = vocabulary.input_vocab_size
             model.config.pad_token_id = vocabulary.pad_token_id  # type: ignore[union-attr]
             if text_config is not model.config:
                 text_config.pad_token_id = vocabulary.pad_token_id
         return model
+
+    def _remove_side_effects(self, keep_cut: bool) -> None:
+        """Take FPT's hooks, output layers and padding id off the model; put back cut blocks unless ``keep_cut``."""
+        model = self.model
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles = ()
+        if isinstance(getattr(model, OUTPUT_LAYER_NAME, None), FPTOutputLayer):
+            delattr(model, OUTPUT_LAYER_NAME)
+        if not keep_cut:
+            self._apply_cut(False)
+        self._cut = None
+        if self._base_pad_token_id is not _UNSET:
+            model.config.pad_token_id = self._base_pad_token_id  # type: ignore[union-attr]
+            self._base_pad_token_id = _UNSET
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         if isinstance(child, FPTInputLayer) and new_module is not child.get_base_layer():
@@ -341,18 +451,7 @@ class FPTModel(BaseTuner):
     def _remap_adapter_state_dict_for_load(  # type: ignore[override]
         cls, model: nn.Module, config: FPTConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """peft's structural remapping, then: the weights must be exactly the adapter's (no key missing or extra) and,
-        when the loaded config recorded a digest (kept by :meth:`inject_adapter` until here), the weights saved with
-        it."""
-        tuner = getattr(model, "base_model", None)
-        digests = tuner.__dict__.get(_DIGESTS, {}) if isinstance(tuner, FPTModel) else {}
-        recorded = digests.pop(adapter_name, None)
-        if recorded is not None and integrity.digest(state_dict) != recorded:
-            raise integrity.AdapterIntegrityError(
-                "The adapter weights do not belong to its adapter_config.json: the config records weights with "
-                f"digest {recorded[:16]}..., the weights read have another. They come from different saves (a partial "
-                "copy, an edited folder, or a save interrupted half-way); save the adapter again."
-            )
+        """peft's structural remapping, then: the weights must be exactly the adapter's (no key missing or extra)."""
         remapped: dict[str, torch.Tensor] = super()._remap_adapter_state_dict_for_load(
             model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
         )
@@ -361,13 +460,86 @@ class FPTModel(BaseTuner):
         if given != expected:
             raise ValueError(
                 "The FPT adapter weights do not match its config for this model: missing "
-                f"{_first(expected - given)}, unexpected {_first(given - expected)}. The adapter file is incomplete "
+                f"{_listed(expected - given)}, unexpected {_listed(given - expected)}. The adapter file is incomplete "
                 "or belongs to another adapter or model."
             )
         return remapped
 
+    # ------------------------------------------------------------------ forward hooks on the HF model
+    # Everything a call needs travels in the call's own arguments; nothing is stored on a module.
+    def _map_inputs(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict]:
+        """Forward pre-hook: continuous ``inputs_embeds`` through the input layer, and early checks of the shapes."""
+        embedding = model.get_input_embeddings()  # type: ignore[operator]
+        if isinstance(embedding, FPTInputLayer) and kwargs.get("inputs_embeds") is not None:
+            kwargs["inputs_embeds"] = embedding(kwargs["inputs_embeds"], features=True)
+        shape = None
+        for name, value in (
+            ("inputs_embeds", kwargs.get("inputs_embeds")),
+            ("input_ids", kwargs.get("input_ids", *args[:1])),
+        ):
+            if isinstance(value, torch.Tensor) and value.dim() >= 2:
+                shape = int(value.shape[0]), int(value.shape[1])
+                if 0 in shape:
+                    raise ValueError(f"{name} is empty: shape {tuple(value.shape)} (batch and tokens must be >= 1).")
+                break
+        mask = kwargs.get("attention_mask")
+        if shape is not None and isinstance(mask, torch.Tensor) and mask.dim() == 2 and tuple(mask.shape) != shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(mask.shape)}; the inputs are (batch, tokens) = {shape}."
+            )
+        capacity = self._position_capacity
+        if shape is not None and capacity is not None and shape[1] > capacity:
+            raise ValueError(
+                f"The input has {shape[1]} tokens but {type(model).__name__}'s learned positional embeddings hold "
+                f"{capacity} positions. Use fewer or larger patches, or truncate the sequences."
+            )
+        head = getattr(model, OUTPUT_LAYER_NAME, None)
+        if "labels" in kwargs and isinstance(head, FPTOutputLayer) and not _takes_labels(type(model).forward):
+            raise ValueError(
+                f"{type(model).__name__}.forward takes no **kwargs, so it cannot pass labels to FPT's head."
+            )
+        return args, kwargs
+
+    def _apply_output_layer(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        """Forward hook: the FPT output layer on the final hidden states, and the loss when ``labels`` were given."""
+        head = getattr(model, OUTPUT_LAYER_NAME, None)
+        if not isinstance(head, FPTOutputLayer) or not (head.adapter_for_forward() or _is_mixed(head)):
+            return output
+        hidden = output.get("last_hidden_state") if isinstance(output, ModelOutput) else output[0]
+        if not isinstance(hidden, torch.Tensor):
+            raise ValueError(f"The FPT output layer needs last_hidden_state; {type(model).__name__} returned none.")
+        logits = head(hidden, kwargs.get("attention_mask"))
+        labels = kwargs.get("labels")
+        return FPTOutput(
+            loss=None if labels is None else _loss(logits, labels),
+            logits=logits,
+            last_hidden_state=hidden,
+            hidden_states=getattr(output, "hidden_states", None),
+            attentions=getattr(output, "attentions", None),
+        )
+
 
 # ---------------------------------------------------------------------- helpers
+def _pass_adapter_names(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], names: list[str]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, {**kwargs, "adapter_names": names}
+
+
+def _is_mixed(head: FPTOutputLayer) -> bool:
+    """Whether a mixed-adapter call is in progress (its pre-hook on ``head`` is registered)."""
+    return any(getattr(h, "func", None) is _pass_adapter_names for h in head._forward_pre_hooks.values())
+
+
+def _batch_shape(config: FPTConfig | None) -> tuple[Any, ...]:
+    """What rows of one batch must share: the input kind and width, the output shape and the padding id."""
+    if config is None:
+        return ("ids", None, None)
+    inputs = ("features", config.input_dim) if config.input_dim else ("ids", config.input_vocab_size)
+    output = None if config.output_dim is None else (config.output_tokens, config.values_per_token, config.output_dim)
+    return (*inputs, output) + ((config.pad_token_id,) if config.input_vocab_size else ())
+
+
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
     try:
         return model.get_submodule(name)
@@ -392,150 +564,23 @@ def _adapter_keys(model: nn.Module, adapter_name: str) -> set[str]:
     """State-dict keys (without peft's prefix) of ``adapter_name``'s FPT weights and saved modules in ``model``."""
     keys = set()
     for name in model.state_dict():
-        short = name.removeprefix("base_model.model.")
-        parts = short.split(".")
+        parts = name.removeprefix("base_model.model.").split(".")
         for i, part in enumerate(parts[:-1]):
             if (part.startswith(PREFIX) or part == "modules_to_save") and parts[i + 1] == adapter_name:
-                keys.add(short)
+                keys.add(".".join(parts))
                 break
     return keys
 
 
-def _first(names: set[str], count: int = 5) -> str:
+def _listed(names: set[str], count: int = 5) -> str:
     ordered = sorted(names)
     return str(ordered[:count]) + (" ..." if len(ordered) > count else "")
 
 
-def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The name and the list of the transformer blocks of ``model``: its one ``ModuleList`` of
-    ``config.num_hidden_layers`` modules."""
-    config: Any = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    depth = getattr(text_config, "num_hidden_layers", None)
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n and len(m) == depth]
-    if not isinstance(depth, int) or len(found) != 1:
-        raise ValueError(
-            f"FPTConfig.num_layers: cannot tell the transformer blocks of {type(model).__name__} (looked for one "
-            f"ModuleList of config.num_hidden_layers={depth!r} modules, found {[n for n, _ in found]})."
-        )
-    return found[0]
-
-
-def _keep_blocks(model: nn.Module, keep: int) -> None:
-    """Cut ``model`` to its first ``keep`` transformer blocks (``FPTConfig.num_layers``); the rest are kept aside for
-    :func:`_remove_side_effects` to put back."""
-    name, blocks = block_list(model)
-    depth = len(blocks)
-    if keep > depth:
-        held = " (an FPT adapter already on it keeps that many)" if _CUT_BLOCKS in model.__dict__ else ""
-        raise ValueError(
-            f"This FPT adapter was made for the first {keep} transformer blocks of its base (FPTConfig.num_layers), "
-            f"but {type(model).__name__} has {depth}{held}. Load it onto a base with at least {keep} blocks."
-        )
-    if keep == depth:
-        return
-    if _CUT_BLOCKS in model.__dict__:
-        raise ValueError(
-            f"FPTConfig.num_layers={keep}: another FPT adapter on this model already keeps {depth} blocks; the "
-            "adapters of one model must keep the same number."
-        )
-    config: Any = model.config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layer_types = getattr(text_config, "layer_types", None)
-    model.__dict__[_CUT_BLOCKS] = (name, list(blocks[keep:]), depth, layer_types)
-    del blocks[keep:]
-    text_config.num_hidden_layers = keep
-    if isinstance(layer_types, list):
-        text_config.layer_types = layer_types[:keep]
-
-
-def _hooks_installed(model: nn.Module) -> bool:
-    return any(hook is _before_forward for hook in model._forward_pre_hooks.values())
-
-
-def _remove_side_effects(model: nn.Module) -> None:
-    """Take FPT's forward hooks and bookkeeping off ``model``, delete its output layers and put back cut blocks."""
-    for hooks, with_kwargs in (
-        (model._forward_pre_hooks, model._forward_pre_hooks_with_kwargs),
-        (model._forward_hooks, model._forward_hooks_with_kwargs),
-    ):
-        for key, hook in list(hooks.items()):
-            if hook in (_before_forward, _after_forward):
-                del hooks[key]
-                with_kwargs.pop(key, None)
-    if isinstance(getattr(model, OUTPUT_LAYER_NAME, None), FPTOutputLayer):
-        delattr(model, OUTPUT_LAYER_NAME)
-    model.__dict__.pop(_CAPACITY, None)
-    if _CUT_BLOCKS in model.__dict__:
-        name, cut, depth, layer_types = model.__dict__.pop(_CUT_BLOCKS)
-        blocks: Any = model.get_submodule(name)
-        blocks.extend(cut)
-        config: Any = model.config
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        text_config.num_hidden_layers = depth
-        if layer_types is not None:
-            text_config.layer_types = layer_types
-    if _BASE_PAD in model.__dict__:
-        model.config.pad_token_id = model.__dict__.pop(_BASE_PAD)  # type: ignore[union-attr]
-
-
-# ---------------------------------------------------------------------- forward hooks on the HF model
-# Everything a call needs travels in the call's own arguments: the pre-hook maps `inputs_embeds` through the input
-# layer, the post-hook reads `labels` and `attention_mask` from the kwargs it is given. Nothing is stored on a module.
 @functools.lru_cache(maxsize=64)
 def _takes_labels(forward: Any) -> bool:
     parameters = inspect.signature(forward).parameters.values()
     return any(p.kind is p.VAR_KEYWORD or p.name == "labels" for p in parameters)
-
-
-def _before_forward(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    embedding = model.get_input_embeddings()  # type: ignore[operator]
-    if isinstance(embedding, FPTInputLayer) and kwargs.get("inputs_embeds") is not None:
-        kwargs["inputs_embeds"] = embedding.embed_features(kwargs["inputs_embeds"])
-    shape = None
-    for name, value in (
-        ("inputs_embeds", kwargs.get("inputs_embeds")),
-        ("input_ids", kwargs.get("input_ids", *args[:1])),
-    ):
-        if isinstance(value, torch.Tensor) and value.dim() >= 2:
-            shape = int(value.shape[0]), int(value.shape[1])
-            if 0 in shape:
-                raise ValueError(f"{name} is empty: shape {tuple(value.shape)} (batch and tokens must be >= 1).")
-            break
-    mask = kwargs.get("attention_mask")
-    if shape is not None and isinstance(mask, torch.Tensor) and mask.dim() == 2 and tuple(mask.shape) != shape:
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; the inputs are (batch, tokens) = {shape}.")
-    capacity: int | None = model.__dict__.get(_CAPACITY)
-    if shape is not None and capacity is not None and shape[1] > capacity:
-        raise ValueError(
-            f"The input has {shape[1]} tokens but {type(model).__name__}'s learned positional embeddings hold "
-            f"{capacity} positions. Use fewer or larger patches, or truncate the sequences."
-        )
-    head = getattr(model, OUTPUT_LAYER_NAME, None)
-    if "labels" in kwargs and isinstance(head, FPTOutputLayer) and not _takes_labels(type(model).forward):
-        raise ValueError(f"{type(model).__name__}.forward takes no **kwargs, so it cannot pass labels to FPT's head.")
-    return args, kwargs
-
-
-def _after_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-    head = getattr(model, OUTPUT_LAYER_NAME, None)
-    if not isinstance(head, FPTOutputLayer) or head.active_name() is None:
-        return output
-    hidden = output.get("last_hidden_state") if isinstance(output, ModelOutput) else output[0]
-    if not isinstance(hidden, torch.Tensor):
-        raise ValueError(f"The FPT output layer needs last_hidden_state; {type(model).__name__} returned none.")
-    logits = head(hidden, kwargs.get("attention_mask"))
-    labels = kwargs.get("labels")
-    loss = None if labels is None else _loss(logits, labels)
-    return FPTOutput(
-        loss=loss,
-        logits=logits,
-        last_hidden_state=hidden,
-        hidden_states=getattr(output, "hidden_states", None),
-        attentions=getattr(output, "attentions", None),
-    )
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

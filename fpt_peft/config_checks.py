@@ -1,0 +1,131 @@
+"""Checks of an FPT config's values, with errors naming the field: configs come from users and from untrusted
+``adapter_config.json`` files, whose sizes are bounded so a forged file cannot make peft allocate huge layers."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any
+
+from peft.utils import TaskType
+
+from .adapter_files import is_digest
+
+MAX_SIZE = 2**24  # bound on sizes read from untrusted adapter_config.json files (a 2**40-row embedding would OOM)
+EMBEDDING_INITS = ("scaled", "normal")
+_FLAGS = "train_layer_norms train_positions train_input train_output train_attention train_feedforward inference_mode"
+_REQUIRED_SIZES = ("output_tokens", "values_per_token")
+_SIZES = (*_REQUIRED_SIZES, "input_dim", "input_vocab_size", "output_dim", "base_hidden_size", "num_layers")
+_STRS = ("base_model_name_or_path", "revision", "peft_version", "base_model_type")
+_QUALIFIED_PARAMETER = re.compile(r"[^.\s]+(\.[^.\s]+)+")  # "module.path.parameter"
+
+
+def check_config(self: Any, weights_sha256: object = None) -> None:
+    """Raise a TypeError or ValueError naming the first field of the FPT config ``self`` that is out of bounds;
+    normalise list fields and paths in place (peft's configs take sets and ``os.PathLike`` too)."""
+    if weights_sha256 is not None and not is_digest(weights_sha256):
+        raise ValueError(f"FPTConfig.weights_sha256 must be 64 lowercase hex digits, got {weights_sha256!r}.")
+    for name in _FLAGS.split():
+        if not isinstance(getattr(self, name), bool):
+            raise TypeError(f"FPTConfig.{name} must be a bool, got {_shown(getattr(self, name))}.")
+    if isinstance(self.base_model_name_or_path, os.PathLike):
+        self.base_model_name_or_path = os.fspath(self.base_model_name_or_path)
+    for name in _STRS:
+        if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+            raise TypeError(f"FPTConfig.{name} must be a str or None, got {_shown(getattr(self, name))}.")
+    for name in _SIZES:
+        value = getattr(self, name)
+        if (value is not None or name in _REQUIRED_SIZES) and not (_is_int(value) and 1 <= value <= MAX_SIZE):
+            raise ValueError(f"FPTConfig.{name} must be an int in [1, {MAX_SIZE}], got {value!r}.")
+    if self.input_dim is not None and self.input_vocab_size is not None:
+        raise ValueError(
+            "FPTConfig takes either input_dim (continuous inputs, passed as inputs_embeds) or input_vocab_size "
+            f"(symbols, passed as input_ids), not both; got input_dim={self.input_dim}, "
+            f"input_vocab_size={self.input_vocab_size}."
+        )
+    for product in ("output_dim", "output_tokens"):
+        if (getattr(self, product) or 1) * self.values_per_token > MAX_SIZE:
+            raise ValueError(f"FPTConfig.{product} * values_per_token must be at most {MAX_SIZE}.")
+    upper = self.input_vocab_size or MAX_SIZE
+    if self.pad_token_id is not None and not (_is_int(self.pad_token_id) and 0 <= self.pad_token_id < upper):
+        raise ValueError(f"FPTConfig.pad_token_id must be an int in [0, {upper}), got {self.pad_token_id!r}.")
+    gain = self.input_init_gain
+    if not (isinstance(gain, (int, float)) and not isinstance(gain, bool) and math.isfinite(gain)) or not (
+        0 < gain < 1e3
+    ):
+        raise ValueError(f"FPTConfig.input_init_gain must be a finite number in (0, 1000), got {gain!r}.")
+    _check_input_options(self)
+    mapping = self.auto_mapping
+    if mapping is not None and not (isinstance(mapping, dict) and all(isinstance(k, str) for k in mapping)):
+        raise TypeError(f"FPTConfig.auto_mapping must be a dict of str to str or None, got {mapping!r}.")
+    if mapping is not None and not all(isinstance(v, str) for v in mapping.values()):
+        raise TypeError(f"FPTConfig.auto_mapping must be a dict of str to str or None, got {mapping!r}.")
+    if self.task_type == TaskType.SEQ_CLS and self.output_dim is not None:
+        raise ValueError(
+            "FPTConfig.output_dim adds an FPT output layer to a backbone model (AutoModel, task_type=None); with "
+            "task_type='SEQ_CLS' the model's own classification head is the output layer. Drop one of them."
+        )
+    if self.task_type == TaskType.SEQ_CLS and not self.train_output:
+        raise ValueError(
+            "train_output=False is not supported with task_type='SEQ_CLS': peft always trains and saves the "
+            "classification head. For the output-frozen ablation use a backbone (AutoModel) with output_dim."
+        )
+    for name in ("target_modules", "exclude_modules", "modules_to_save", "position_parameters"):
+        value = getattr(self, name)
+        if isinstance(value, str) and name in ("target_modules", "exclude_modules"):
+            try:
+                re.compile(value)  # peft matches a single string as a regular expression
+            except re.error as exc:
+                raise ValueError(f"FPTConfig.{name} is not a valid regular expression ({exc}): {value!r}.") from exc
+        elif value is not None:
+            setattr(self, name, _names(name, value, allow_empty=name != "target_modules"))
+    for qualified in self.position_parameters or []:
+        if not _QUALIFIED_PARAMETER.fullmatch(qualified):
+            raise ValueError(
+                "FPTConfig.position_parameters must hold qualified parameter names such as "
+                f"'embeddings.position_embeddings', got {qualified!r}."
+            )
+
+
+def _check_input_options(self: Any) -> None:
+    """Check ``input_dropout`` and ``embedding_init``, and that the config has the input layer they act on."""
+    rate = self.input_dropout
+    if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 <= rate < 1.0):
+        raise ValueError(f"FPTConfig.input_dropout must be a number in [0, 1), got {rate!r}.")
+    if rate > 0 and self.input_dim is None:
+        raise ValueError(
+            f"FPTConfig.input_dropout={rate!r} acts after the continuous input layer (input_dim), which this "
+            f"config does not have (input_dim=None, input_vocab_size={self.input_vocab_size!r}); the official "
+            "code has no dropout after a symbol embedding. Leave input_dropout at 0.0."
+        )
+    init = self.embedding_init
+    if not isinstance(init, str) or init not in EMBEDDING_INITS:
+        raise ValueError(f"FPTConfig.embedding_init must be one of {list(EMBEDDING_INITS)}, got {init!r}.")
+    if init != "scaled" and self.input_vocab_size is None:
+        raise ValueError(
+            f"FPTConfig.embedding_init={init!r} initialises a new symbol embedding (input_vocab_size), which this "
+            f"config does not have (input_vocab_size=None, input_dim={self.input_dim!r}). Leave it 'scaled'."
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _names(name: str, value: Any, allow_empty: bool) -> list[str]:
+    """``value`` as a list of non-empty strings, or a TypeError / ValueError naming the field."""
+    if not isinstance(value, (list, set, tuple)):
+        raise TypeError(f"FPTConfig.{name} must be a list of str, got {_shown(value)}.")
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad:
+        raise TypeError(f"FPTConfig.{name} must hold non-empty strings only, got {bad[:3]!r}.")
+    if not value and not allow_empty:
+        raise ValueError(
+            f"FPTConfig.{name} is an empty list, which matches nothing; leave it None to let FPT discover the modules."
+        )
+    return sorted(value) if isinstance(value, (set, tuple)) else list(value)
