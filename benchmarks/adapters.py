@@ -8,7 +8,9 @@ made and saved. Measured:
 - ``load_adapter``: loading an adapter from disk onto the loaded base (median of ``--loads``; each loaded copy is
   deleted again before the next);
 - reloading the base model with ``AutoModel.from_pretrained`` (median of ``--reloads``), alone and followed by
-  ``PeftModel.from_pretrained`` with one adapter (what a process without switching would do).
+  ``PeftModel.from_pretrained`` with one adapter (what a process without switching would do);
+- serving 4 adapters at once (median of ``--mixed``): one forward of a mixed batch (16 rows x 64 tokens, 4 rows per
+  adapter, ``adapter_names=[...]``) against ``set_adapter`` and a forward per adapter's sub-batch, in one run.
 
     python -m benchmarks.adapters
     python -m benchmarks.adapters --models minilm
@@ -77,6 +79,7 @@ def measure_model(model_name: str, args: argparse.Namespace, scratch: Path) -> d
     for i in range(args.loads):
         load_s += time_calls(partial(model.load_adapter, str(adapters["cifar10"]), adapter_name=f"copy{i}"), 1)
         model.delete_adapter(f"copy{i}")
+    mixed_s, switching_s = time_mixed_batch(model, adapters["cifar10"], args.mixed)
     adapter_bytes = {name: (folder / "adapter_model.safetensors").stat().st_size for name, folder in adapters.items()}
     base_bytes = folder_bytes(base_dir)
     trainable = {
@@ -93,11 +96,36 @@ def measure_model(model_name: str, args: argparse.Namespace, scratch: Path) -> d
         "load_adapter_ms": median(load_s) * 1e3,
         "reload_base_ms": median(reload_s) * 1e3,
         "reload_base_with_adapter_ms": median(reload_with_adapter_s) * 1e3,
+        "mixed_batch_4_adapters_ms": median(mixed_s) * 1e3,
+        "switching_sub_batches_4_adapters_ms": median(switching_s) * 1e3,
         "set_adapter_us_all": [t * 1e6 for t in switch_s],
         "load_adapter_ms_all": [t * 1e3 for t in load_s],
         "reload_base_ms_all": [t * 1e3 for t in reload_s],
         "reload_base_with_adapter_ms_all": [t * 1e3 for t in reload_with_adapter_s],
     }
+
+
+def time_mixed_batch(model: PeftModel, folder: Path, repeats: int) -> tuple[list[float], list[float]]:
+    """Times of one mixed-adapter forward and of the per-adapter forwards it replaces (4 copies of one adapter
+    shape, 4 rows each), in inference mode."""
+    names = [f"serve{i}" for i in range(4)]
+    for name in names:
+        model.load_adapter(str(folder), adapter_name=name)
+    model.eval()
+    inputs = torch.randn(16, 64, 48, generator=torch.Generator().manual_seed(0))
+    rows = [names[i % 4] for i in range(16)]
+
+    def switching() -> None:
+        for name in names:
+            model.set_adapter(name)
+            model(inputs_embeds=inputs[[i for i, n in enumerate(rows) if n == name]])
+
+    with torch.inference_mode():
+        mixed = time_calls(partial(model, inputs_embeds=inputs, adapter_names=rows), repeats)
+        switched = time_calls(switching, repeats)
+    for name in names:
+        model.delete_adapter(name)
+    return mixed, switched
 
 
 def report(args: argparse.Namespace, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -111,6 +139,7 @@ def report(args: argparse.Namespace, models: dict[str, dict[str, Any]]) -> dict[
         "load_adapter ms",
         "reload base ms",
         "reload base + adapter ms",
+        "4 adapters: mixed batch / switching ms",
     ]
     rows = [
         [
@@ -122,6 +151,7 @@ def report(args: argparse.Namespace, models: dict[str, dict[str, Any]]) -> dict[
             m["load_adapter_ms"],
             m["reload_base_ms"],
             m["reload_base_with_adapter_ms"],
+            f"{m['mixed_batch_4_adapters_ms']:.1f} / {m['switching_sub_batches_4_adapters_ms']:.1f}",
         ]
         for name, m in models.items()
     ]
@@ -129,7 +159,7 @@ def report(args: argparse.Namespace, models: dict[str, dict[str, Any]]) -> dict[
         "benchmark": "adapters",
         "command": "python -m benchmarks.adapters " + " ".join(sys.argv[1:]),
         "quick": args.quick,
-        "settings": {key: getattr(args, key) for key in ("models", "threads", "switches", "loads", "reloads")},
+        "settings": {key: getattr(args, key) for key in ("models", "threads", "switches", "loads", "reloads", "mixed")},
         "environment": environment("cpu"),
         "adapters": {name: config.to_dict() for name, config in ADAPTERS.items()},
         "models": models,
@@ -165,12 +195,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--switches", type=int, default=200, help="set_adapter calls timed")
     parser.add_argument("--loads", type=int, default=10, help="load_adapter calls timed")
     parser.add_argument("--reloads", type=int, default=3, help="base model reloads timed")
+    parser.add_argument("--mixed", type=int, default=20, help="mixed-batch and switching forwards timed")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (MiniLM only)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default=None, help="result file name (default adapters)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.switches, args.loads, args.reloads = ["minilm"], 10, 2, 1
+        args.models, args.switches, args.loads, args.reloads, args.mixed = ["minilm"], 10, 2, 1, 2
     return args
 
 

@@ -108,9 +108,9 @@ def write_config(folder: str, config: dict[str, object]) -> None:
     """Write ``adapter_config.json`` into ``folder`` atomically, with the digest of the weights file found there
     (peft writes the weights first), and add the loading note to the folder's model card."""
     weights = weights_file(folder)
-    recorded = None if weights is None else digest(read_weights(weights))
+    recorded = {} if weights is None else {DIGEST_KEY: digest(read_weights(weights))}  # a config alone: plain peft
     write_text(
-        os.path.join(folder, CONFIG_NAME), json.dumps({**config, DIGEST_KEY: recorded}, indent=2, sort_keys=True)
+        os.path.join(folder, CONFIG_NAME), json.dumps({**config, **recorded}, indent=2, sort_keys=True)
     )
     add_loading_note(folder)
 

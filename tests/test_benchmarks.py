@@ -61,6 +61,7 @@ def test_adapters_quick(tmp_path: Path) -> None:
     assert minilm["base_to_adapter_size_ratio"] > 50
     for key in ("set_adapter_us", "load_adapter_ms", "reload_base_ms", "reload_base_with_adapter_ms"):
         assert minilm[key] > 0, key
+    assert {"mixed_batch_4_adapters_ms", "switching_sub_batches_4_adapters_ms"} <= set(minilm)  # the serving row
 
 
 def test_overhead_quick(tmp_path: Path) -> None:

@@ -86,11 +86,11 @@ NOT_APPLICABLE: dict[str, str] = {
     # ------------------------------------------------------------------ testing_common.py (PeftCommonTester)
     "testing_common::_test_merge_layers_multi": _ONE_MERGED_ADAPTER,
     "testing_common::_test_mixed_adapter_batches": (
-        "per-sample adapter routing (adapter_names=...) exists for LoRA and RoAD only, and the check also "
-        "generates; FPT runs one adapter per forward."
+        "peft's check skips every config but LoRA's and RoAD's, and it generates, which sequence classifiers cannot; "
+        "FPT's adapter_names (forward and generate) is checked by tests/test_tuner_correctness.py."
     ),
     "testing_common::_test_generate_with_mixed_adapter_batches_and_beam_search": (
-        "generation with per-sample adapters, LoRA only; sequence classifiers do not generate."
+        "peft's check skips every config but LoRA's; sequence classifiers do not generate."
     ),
     "testing_common::_test_generate": "sequence classifiers have no generate().",
     "testing_common::_test_generate_pos_args": "sequence classifiers have no generate().",
@@ -104,12 +104,6 @@ NOT_APPLICABLE: dict[str, str] = {
     "testing_common::_test_lora_conversion": (
         "converts additive adapters (W + delta) to LoRA; FPT replaces modules, so supports_lora_conversion() is "
         "False and the check would return without checking anything."
-    ),
-    "testing_common::_test_from_pretrained_config_construction": (
-        "passes the config given to get_peft_model (still without resolved targets, since FPT resolves them on a "
-        "copy and never changes the user's config) to from_pretrained and asserts that very object is kept; FPT "
-        "keeps the object when it is complete (a loaded adapter_config.json), which tests/test_native.py checks, and "
-        "resolves an incomplete one on a copy."
     ),
     "testing_common::_test_merge_layers@feature": _NO_MERGE_AND_UNLOAD,
     "testing_common::_test_merge_layers_fp16@feature": _NO_MERGE_AND_UNLOAD,
@@ -126,11 +120,6 @@ NOT_APPLICABLE: dict[str, str] = {
     "test_custom_models::TestPeftCustomModel::test_disable_adapters": _NOT_IDENTITY_AT_INIT,
     "test_custom_models::TestPeftCustomModel::test_disable_adapters_with_merging": _NOT_IDENTITY_AT_INIT,
     "test_custom_models::TestPeftCustomModel::test_disable_adapter_with_bias_warns": "LoRA / BOFT bias options.",
-    "test_custom_models::TestPeftCustomModel::test_adapter_dtype_autocast[*float16-autocast_adapter_dtype=True-*]": (
-        "asserts that every adapter weight of a float16 / bfloat16 model is up-cast to float32; FPT up-casts its new "
-        "input and output layers (tests/test_native.py) but keeps its copies of base norms and positions in the base "
-        "dtype, like LN tuning, which peft exempts from this check."
-    ),
     "test_custom_models::TestPeftCustomModel::test_forward_float16@feature": _NO_MERGE_AND_UNLOAD,
     "test_custom_models::TestPeftCustomModel::test_forward_bfloat16@feature": _NO_MERGE_AND_UNLOAD,
     "test_custom_models::TestPeftCustomModel::test_forward_float16_no_autocast@feature": _NO_MERGE_AND_UNLOAD,
