@@ -159,7 +159,7 @@ def report(args: argparse.Namespace, models: dict[str, dict[str, Any]]) -> dict[
         "benchmark": "adapters",
         "command": "python -m benchmarks.adapters " + " ".join(sys.argv[1:]),
         "quick": args.quick,
-        "settings": {key: getattr(args, key) for key in ("models", "threads", "switches", "loads", "reloads", "mixed")},
+        "settings": {k: getattr(args, k) for k in ("models", "threads", "switches", "loads", "reloads", "mixed")},
         "environment": environment("cpu"),
         "adapters": {name: config.to_dict() for name, config in ADAPTERS.items()},
         "models": models,

@@ -109,9 +109,7 @@ def write_config(folder: str, config: dict[str, object]) -> None:
     (peft writes the weights first), and add the loading note to the folder's model card."""
     weights = weights_file(folder)
     recorded = {} if weights is None else {DIGEST_KEY: digest(read_weights(weights))}  # a config alone: plain peft
-    write_text(
-        os.path.join(folder, CONFIG_NAME), json.dumps({**config, **recorded}, indent=2, sort_keys=True)
-    )
+    write_text(os.path.join(folder, CONFIG_NAME), json.dumps({**config, **recorded}, indent=2, sort_keys=True))
     add_loading_note(folder)
 
 

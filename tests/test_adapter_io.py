@@ -29,8 +29,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from fpt_peft import AdapterIntegrityError, FPTConfig
-from fpt_peft.checkpoints import SAVE_MARGIN_BYTES, check_writable, estimate_save_bytes, save_adapter
 from fpt_peft import adapter_files as integrity
+from fpt_peft.checkpoints import SAVE_MARGIN_BYTES, check_writable, estimate_save_bytes, save_adapter
 
 from .helpers import tiny_config
 

@@ -24,6 +24,7 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 import fpt_peft.training as training
+from fpt_peft import adapter_files as integrity
 from fpt_peft.checkpoints import (
     LEGACY_FILES,
     MANIFEST_NAME,
@@ -40,7 +41,6 @@ from fpt_peft.checkpoints import (
 from fpt_peft.data import TaskData, load_task
 from fpt_peft.modeling import build_model
 from fpt_peft.training import NonFiniteError, TrainingArguments, train
-from fpt_peft import adapter_files as integrity
 
 from .training_utils import ROOT, offline_env, poisoned_xor, save_tiny_backbone
 
