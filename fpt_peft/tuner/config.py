@@ -10,7 +10,7 @@ from typing import Any
 
 from peft.config import PeftConfig
 
-from .. import adapter_files, config_checks
+from .. import adapter_files, tuner_checks
 
 
 class FPTPeftType(str, enum.Enum):
@@ -106,7 +106,7 @@ class FPTConfig(PeftConfig):
     def __post_init__(self, weights_sha256: str | None) -> None:
         super().__post_init__()  # peft's own checks first (task type), with peft's messages
         self.peft_type = FPTPeftType.FPT  # type: ignore[assignment]  # as peft's configs do, whatever was passed
-        config_checks.check_config(self, weights_sha256)
+        tuner_checks.check_config(self, weights_sha256)
         if self.input_vocab_size is not None and self.pad_token_id is None:
             self.pad_token_id = 0
 

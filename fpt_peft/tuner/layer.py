@@ -26,6 +26,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from torch import nn
 from torch.func import functional_call
 
+from .. import tuner_checks
 from .config import FPTConfig
 
 
@@ -308,11 +309,7 @@ class FPTInputLayer(FPTLayer):
                     f"The active FPT adapter takes continuous inputs: pass inputs_embeds of shape (batch, tokens, "
                     f"{layer.in_features}), not input_ids."
                 )
-            if inputs.dim() != 3 or inputs.shape[-1] != layer.in_features:
-                raise ValueError(
-                    f"inputs_embeds must have shape (batch, tokens, input_dim={layer.in_features}); got "
-                    f"{tuple(inputs.shape)}."
-                )
+            tuner_checks.check_features(inputs, layer.in_features)
             out = layer(inputs.to(layer.weight.dtype))
             rate = self.input_dropout.get(name, 0.0)  # type: ignore[arg-type]
             if rate > 0:  # skipped at 0 so that the random stream (and every result) stays as without the option
@@ -321,18 +318,7 @@ class FPTInputLayer(FPTLayer):
         if features:
             return inputs  # a symbolic adapter leaves ready embeddings to the base, as the base embedding does
         assert isinstance(layer, nn.Embedding)
-        if inputs.is_floating_point() or inputs.is_complex() or inputs.dim() != 2:
-            raise ValueError(
-                f"input_ids must be integer ids of shape (batch, tokens); got {inputs.dtype} of shape "
-                f"{tuple(inputs.shape)}."
-            )
-        if inputs.numel():
-            low, high = (int(v) for v in torch.stack(torch.aminmax(inputs)).tolist())  # one host read
-            if high >= layer.num_embeddings or low < 0:
-                raise ValueError(
-                    f"input_ids must lie in [0, input_vocab_size={layer.num_embeddings}); got values in "
-                    f"[{low}, {high}]."
-                )
+        tuner_checks.check_ids(inputs, layer.num_embeddings)
         out = layer(inputs)
         return out if dtype is None else out.to(dtype)
 

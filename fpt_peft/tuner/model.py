@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.utils import ModelOutput
 
+from .. import tuner_checks
 from .config import FPTConfig
 from .discovery import POSITION_NAMES, block_list, discover, hidden_size_of, is_norm, position_capacity, text_config_of
 from .layer import FPTInputLayer, FPTLayer, FPTModuleLayer, FPTOutputLayer, FPTParameterLayer
@@ -98,38 +99,12 @@ class FPTModel(BaseTuner):
         does: the base's type and width and, unless given, the targets (suffixes that select exactly the modules
         discovery found)."""
         model, hidden, model_type = self.model, hidden_size_of(self.model), model_config.get("model_type")
-        if hidden is None and (not peft_config.mergeable or peft_config.input_vocab_size):
-            raise ValueError(
-                f"FPT cannot tell the width of {type(model).__name__} (no config.hidden_size and no input embedding), "
-                "so it cannot size a new input or output layer."
-            )
-        recorded = (peft_config.base_model_type, peft_config.base_hidden_size)
-        if recorded[1] is not None and recorded[1] != hidden:
-            raise ValueError(
-                f"This FPT adapter was made for a base model of width {recorded[1]} ({recorded[0]}); the model it is "
-                f"loaded onto has width {hidden} ({model_type})."
-            )
-        if recorded[0] is not None and model_type and recorded[0] != model_type:
-            raise ValueError(
-                f"This FPT adapter was made for a {recorded[0]!r} model; the model it is loaded onto is a "
-                f"{model_type!r} model. Load it onto the architecture it was trained on."
-            )
-        if peft_config.output_dim is not None and getattr(model, "base_model", model) is not model:
-            raise ValueError(
-                f"FPTConfig.output_dim adds an output layer on top of a backbone, but {type(model).__name__} already "
-                "has a task head. Load the backbone with AutoModel, or use task_type='SEQ_CLS' without output_dim."
-            )
+        tuner_checks.check_model_fits(peft_config, model, hidden, model_type)
         cut = self._blocks_to_cut(peft_config.num_layers)
         peft_config.base_hidden_size, peft_config.base_model_type = hidden, model_type
         if peft_config.target_modules is None:
             self._resolve_targets(peft_config, cut)
-        for qualified in peft_config.position_parameters or []:
-            owner_name, _, param_name = qualified.rpartition(".")
-            if not isinstance(getattr(_submodule(model, owner_name), param_name, None), torch.Tensor):
-                raise ValueError(
-                    f"FPTConfig.position_parameters names {qualified!r}, which is not a parameter of "
-                    f"{type(model).__name__}."
-                )
+        tuner_checks.check_position_parameters(peft_config, model)
         return peft_config
 
     def _blocks_to_cut(self, keep: int | None) -> tuple[str, ...]:
@@ -472,27 +447,7 @@ class FPTModel(BaseTuner):
         embedding = model.get_input_embeddings()  # type: ignore[operator]
         if isinstance(embedding, FPTInputLayer) and kwargs.get("inputs_embeds") is not None:
             kwargs["inputs_embeds"] = embedding(kwargs["inputs_embeds"], features=True)
-        shape = None
-        for name, value in (
-            ("inputs_embeds", kwargs.get("inputs_embeds")),
-            ("input_ids", kwargs.get("input_ids", *args[:1])),
-        ):
-            if isinstance(value, torch.Tensor) and value.dim() >= 2:
-                shape = int(value.shape[0]), int(value.shape[1])
-                if 0 in shape:
-                    raise ValueError(f"{name} is empty: shape {tuple(value.shape)} (batch and tokens must be >= 1).")
-                break
-        mask = kwargs.get("attention_mask")
-        if shape is not None and isinstance(mask, torch.Tensor) and mask.dim() == 2 and tuple(mask.shape) != shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(mask.shape)}; the inputs are (batch, tokens) = {shape}."
-            )
-        capacity = self._position_capacity
-        if shape is not None and capacity is not None and shape[1] > capacity:
-            raise ValueError(
-                f"The input has {shape[1]} tokens but {type(model).__name__}'s learned positional embeddings hold "
-                f"{capacity} positions. Use fewer or larger patches, or truncate the sequences."
-            )
+        tuner_checks.check_forward_inputs(model, args, kwargs, self._position_capacity)
         head = getattr(model, OUTPUT_LAYER_NAME, None)
         if "labels" in kwargs and isinstance(head, FPTOutputLayer) and not _takes_labels(type(model).forward):
             raise ValueError(
@@ -540,13 +495,6 @@ def _batch_shape(config: FPTConfig | None) -> tuple[Any, ...]:
     return (*inputs, output) + ((config.pad_token_id,) if config.input_vocab_size else ())
 
 
-def _submodule(model: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None
-
-
 def _input_embedding_name(model: nn.Module) -> str:
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]
     return next((name for name, module in model.named_modules() if module is embedding), "")
@@ -585,16 +533,9 @@ def _takes_labels(forward: Any) -> bool:
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     labels = labels.to(logits.device)
-    classes = logits.shape[-1]
-    if labels.numel() * classes != logits.numel():
-        raise ValueError(
-            f"labels of shape {tuple(labels.shape)} do not match logits of shape {tuple(logits.shape)} "
-            "(one class index per predicted value)."
-        )
-    message = f"labels must be integer class indices in [0, {classes}) (or -100 to ignore)"
-    if labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"{message}; got dtype {labels.dtype}.")
-    try:  # no range check up front: it would cost a device sync per step (CUDA asserts on its own)
-        return nn.functional.cross_entropy(logits.reshape(-1, classes).float(), labels.reshape(-1))
+    tuner_checks.check_labels(logits, labels)
+    try:
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
     except IndexError as exc:
-        raise ValueError(f"{message}; got values in [{labels.min().item()}, {labels.max().item()}] ({exc}).") from exc
+        found = f"got values in [{labels.min().item()}, {labels.max().item()}] ({exc})"
+        raise ValueError(f"{tuner_checks.LABEL_MESSAGE.format(classes=logits.shape[-1])}; {found}.") from exc

@@ -1,5 +1,6 @@
-"""Checks of an FPT config's values, with errors naming the field: configs come from users and from untrusted
-``adapter_config.json`` files, whose sizes are bounded so a forged file cannot make peft allocate huge layers."""
+"""Checks of what reaches the FPT tuner from users and files, each error naming the argument: config values (sizes
+bounded, so a forged ``adapter_config.json`` cannot make peft allocate huge layers), the model an adapter is put on,
+and the inputs and labels of a forward."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 from typing import Any
 
+import torch
 from peft.utils import TaskType
 
 from .adapter_files import is_digest
@@ -129,3 +131,106 @@ def _names(name: str, value: Any, allow_empty: bool) -> list[str]:
             f"FPTConfig.{name} is an empty list, which matches nothing; leave it None to let FPT discover the modules."
         )
     return sorted(value) if isinstance(value, (set, tuple)) else list(value)
+
+
+def check_model_fits(config: Any, model: torch.nn.Module, hidden: int | None, model_type: str | None) -> None:
+    """Raise a ValueError unless the FPT ``config`` can be put on ``model`` (of width ``hidden``)."""
+    name = type(model).__name__
+    if hidden is None and (not config.mergeable or config.input_vocab_size):
+        raise ValueError(
+            f"FPT cannot tell the width of {name} (no config.hidden_size and no input embedding), so it cannot size a "
+            "new input or output layer."
+        )
+    if config.base_hidden_size is not None and config.base_hidden_size != hidden:
+        raise ValueError(
+            f"This FPT adapter was made for a base model of width {config.base_hidden_size} "
+            f"({config.base_model_type}); the model it is loaded onto has width {hidden} ({model_type})."
+        )
+    if config.base_model_type is not None and model_type and config.base_model_type != model_type:
+        raise ValueError(
+            f"This FPT adapter was made for a {config.base_model_type!r} model; the model it is loaded onto is a "
+            f"{model_type!r} model. Load it onto the architecture it was trained on."
+        )
+    if config.output_dim is not None and getattr(model, "base_model", model) is not model:
+        raise ValueError(
+            f"FPTConfig.output_dim adds an output layer on top of a backbone, but {name} already has a task head. "
+            "Load the backbone with AutoModel, or use task_type='SEQ_CLS' without output_dim."
+        )
+
+
+def check_position_parameters(config: Any, model: torch.nn.Module) -> None:
+    """Raise a ValueError unless every name in ``config.position_parameters`` is a parameter of ``model``."""
+    for qualified in config.position_parameters or []:
+        owner_name, _, param_name = qualified.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name)
+        except AttributeError:
+            owner = None
+        if not isinstance(getattr(owner, param_name, None), torch.Tensor):
+            raise ValueError(
+                f"FPTConfig.position_parameters names {qualified!r}, which is not a parameter of "
+                f"{type(model).__name__}."
+            )
+
+
+def check_forward_inputs(
+    model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], capacity: int | None
+) -> None:
+    """Raise a ValueError for empty inputs, an attention mask of another shape, or more tokens than the learned
+    positions hold (``capacity``; None: unbounded)."""
+    shape = None
+    for name, value in (
+        ("inputs_embeds", kwargs.get("inputs_embeds")),
+        ("input_ids", kwargs.get("input_ids", *args[:1])),
+    ):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            shape = int(value.shape[0]), int(value.shape[1])
+            if 0 in shape:
+                raise ValueError(f"{name} is empty: shape {tuple(value.shape)} (batch and tokens must be >= 1).")
+            break
+    mask = kwargs.get("attention_mask")
+    if shape is not None and isinstance(mask, torch.Tensor) and mask.dim() == 2 and tuple(mask.shape) != shape:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; the inputs are (batch, tokens) = {shape}.")
+    if shape is not None and capacity is not None and shape[1] > capacity:
+        raise ValueError(
+            f"The input has {shape[1]} tokens but {type(model).__name__}'s learned positional embeddings hold "
+            f"{capacity} positions. Use fewer or larger patches, or truncate the sequences."
+        )
+
+
+def check_features(features: torch.Tensor, width: int) -> None:
+    """Raise a ValueError unless ``features`` has shape (batch, tokens, ``width``)."""
+    if features.dim() != 3 or features.shape[-1] != width:
+        raise ValueError(
+            f"inputs_embeds must have shape (batch, tokens, input_dim={width}); got {tuple(features.shape)}."
+        )
+
+
+def check_ids(input_ids: torch.Tensor, vocabulary: int) -> None:
+    """Raise a ValueError unless ``input_ids`` are integer ids of shape (batch, tokens) in [0, ``vocabulary``)."""
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must be integer ids of shape (batch, tokens); got {input_ids.dtype} of shape "
+            f"{tuple(input_ids.shape)}."
+        )
+    if input_ids.numel():
+        low, high = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())  # one host read
+        if high >= vocabulary or low < 0:
+            raise ValueError(
+                f"input_ids must lie in [0, input_vocab_size={vocabulary}); got values in [{low}, {high}]."
+            )
+
+
+def check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Raise a ValueError unless ``labels`` hold one integer class index per predicted value of ``logits``. The range
+    is not checked here: it would cost a device sync per step (cross-entropy reports it, CUDA asserts)."""
+    if labels.numel() * logits.shape[-1] != logits.numel():
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} do not match logits of shape {tuple(logits.shape)} "
+            "(one class index per predicted value)."
+        )
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"{LABEL_MESSAGE.format(classes=logits.shape[-1])}; got dtype {labels.dtype}.")
+
+
+LABEL_MESSAGE = "labels must be integer class indices in [0, {classes}) (or -100 to ignore)"
