@@ -4,6 +4,8 @@ and the inputs and labels of a forward."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import re
@@ -174,10 +176,13 @@ def check_position_parameters(config: Any, model: torch.nn.Module) -> None:
 
 
 def check_forward_inputs(
-    model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], capacity: int | None
+    model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], capacity: int | None, head: bool
 ) -> None:
-    """Raise a ValueError for empty inputs, an attention mask of another shape, or more tokens than the learned
-    positions hold (``capacity``; None: unbounded)."""
+    """Raise a ValueError for empty inputs, an attention mask of another shape, more tokens than the learned
+    positions hold (``capacity``; None: unbounded), or labels for an FPT output layer (``head``) that the model's
+    forward cannot pass on."""
+    if "labels" in kwargs and head and not _takes_labels(type(model).forward):
+        raise ValueError(f"{type(model).__name__}.forward takes no **kwargs, so it cannot pass labels to FPT's head.")
     shape = None
     for name, value in (
         ("inputs_embeds", kwargs.get("inputs_embeds")),
@@ -234,3 +239,71 @@ def check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 LABEL_MESSAGE = "labels must be integer class indices in [0, {classes}) (or -100 to ignore)"
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_labels(forward: Any) -> bool:
+    parameters = inspect.signature(forward).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD or p.name == "labels" for p in parameters)
+
+
+BASE = "__base__"  # peft's name for "the plain base" in adapter_names
+
+
+def check_adapter_names(adapter_names: Any, configs: dict[str, Any], training: bool, cut: bool) -> list[str]:
+    """``adapter_names`` (one per row) as a list, or a ValueError naming what cannot be computed in one batch of a
+    model with FPT adapters ``configs`` (``cut``: they keep fewer blocks than the base)."""
+    if training:
+        raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+    if not isinstance(adapter_names, (list, tuple)) or not all(isinstance(n, str) for n in adapter_names):
+        raise TypeError(f"adapter_names must be a list of str, one per row; got {adapter_names!r}.")
+    unknown = sorted(set(adapter_names) - set(configs) - {BASE})
+    if unknown:
+        raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}")
+    named = sorted(set(adapter_names) - {BASE})
+    shapes = {name: _batch_shape(configs[name]) for name in named}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(
+            f"Adapters {named} cannot share a batch: their inputs / outputs differ "
+            f"({', '.join(f'{n}: {s}' for n, s in shapes.items())})."
+        )
+    blocking = [n for n in named if shapes[n] != _batch_shape(None)]
+    if BASE in adapter_names and (blocking or cut):
+        raise ValueError(
+            f"'{BASE}' rows cannot share a batch with adapter(s) {blocking or named}: they add a new input or output "
+            "layer or keep fewer blocks (num_layers), which the plain base does not have."
+        )
+    return list(adapter_names)
+
+
+def _batch_shape(config: Any) -> tuple[Any, ...]:
+    """What rows of one batch must share: the input kind and width, the output shape and the padding id."""
+    if config is None:
+        return ("ids", None, None)
+    inputs = ("features", config.input_dim) if config.input_dim else ("ids", config.input_vocab_size)
+    output = None if config.output_dim is None else (config.output_tokens, config.values_per_token, config.output_dim)
+    return (*inputs, output) + ((config.pad_token_id,) if config.input_vocab_size else ())
+
+
+def check_adapter_keys(model: torch.nn.Module, adapter_name: str, state_dict: dict[str, Any], prefix: str) -> None:
+    """Raise a ValueError unless ``state_dict`` (peft's, remapped for loading) holds exactly the FPT weights and
+    saved modules of ``adapter_name`` in ``model``: a file with a key missing or extra belongs to something else."""
+    expected = set()
+    for name in model.state_dict():
+        parts = name.removeprefix("base_model.model.").split(".")
+        for i, part in enumerate(parts[:-1]):
+            if (part.startswith(prefix) or part == "modules_to_save") and parts[i + 1] == adapter_name:
+                expected.add(".".join(parts))
+                break
+    given = {k.removeprefix("base_model.model.") for k in state_dict}
+    if given != expected:
+        raise ValueError(
+            f"The FPT adapter weights do not match its config for this model: missing {_listed(expected - given)}, "
+            f"unexpected {_listed(given - expected)}. The adapter file is incomplete or belongs to another adapter "
+            "or model."
+        )
+
+
+def _listed(names: set[str], count: int = 5) -> str:
+    ordered = sorted(names)
+    return str(ordered[:count]) + (" ..." if len(ordered) > count else "")

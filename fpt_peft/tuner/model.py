@@ -15,7 +15,6 @@ which no tuner can change.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +38,6 @@ logger = logging.getLogger("fpt_peft")
 
 PREFIX = "fpt_"
 OUTPUT_LAYER_NAME = "output_adapter"  # child of the HF model holding FPT output layers
-BASE = "__base__"  # peft's name for "the plain base" in adapter_names
 _HEADS = ("score", "classifier", "lm_head")
 _UNSET = object()
 
@@ -315,7 +313,7 @@ class FPTModel(BaseTuner):
         if adapter_names is None:
             yield
             return
-        names = self._check_adapter_names(adapter_names)
+        names = tuner_checks.check_adapter_names(adapter_names, self.peft_config, self.training, self._cut is not None)
         beams = kwargs.get("num_beams")
         if isinstance(beams, int) and beams > 1:  # generate repeats each row once per beam
             names = [name for name in names for _ in range(beams)]
@@ -329,31 +327,6 @@ class FPTModel(BaseTuner):
         finally:
             for handle in handles:
                 handle.remove()
-
-    def _check_adapter_names(self, adapter_names: Any) -> list[str]:
-        """``adapter_names`` as a list, or a ValueError naming what cannot be computed in one batch."""
-        if self.training:
-            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
-        if not isinstance(adapter_names, (list, tuple)) or not all(isinstance(n, str) for n in adapter_names):
-            raise TypeError(f"adapter_names must be a list of str, one per row; got {adapter_names!r}.")
-        unknown = sorted(set(adapter_names) - set(self.peft_config) - {BASE})
-        if unknown:
-            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}")
-        named = sorted(set(adapter_names) - {BASE})
-        shapes = {name: _batch_shape(self.peft_config[name]) for name in named}  # type: ignore[arg-type]
-        if len(set(shapes.values())) > 1:
-            raise ValueError(
-                f"Adapters {named} cannot share a batch: their inputs / outputs differ "
-                f"({', '.join(f'{n}: {s}' for n, s in shapes.items())})."
-            )
-        if BASE in adapter_names:
-            blocking = [n for n in named if shapes[n] != _batch_shape(None)]
-            if blocking or self._cut is not None:
-                raise ValueError(
-                    f"'{BASE}' rows cannot share a batch with adapter(s) {blocking or named}: they add a new input "
-                    "or output layer or keep fewer blocks (num_layers), which the plain base does not have."
-                )
-        return list(adapter_names)
 
     # ------------------------------------------------------------------ merge / unload
     def _unload_and_optionally_merge(  # type: ignore[override]
@@ -430,14 +403,7 @@ class FPTModel(BaseTuner):
         remapped: dict[str, torch.Tensor] = super()._remap_adapter_state_dict_for_load(
             model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
         )
-        expected = _adapter_keys(model, adapter_name)
-        given = {k.removeprefix("base_model.model.") for k in remapped}
-        if given != expected:
-            raise ValueError(
-                "The FPT adapter weights do not match its config for this model: missing "
-                f"{_listed(expected - given)}, unexpected {_listed(given - expected)}. The adapter file is incomplete "
-                "or belongs to another adapter or model."
-            )
+        tuner_checks.check_adapter_keys(model, adapter_name, remapped, PREFIX)
         return remapped
 
     # ------------------------------------------------------------------ forward hooks on the HF model
@@ -447,12 +413,8 @@ class FPTModel(BaseTuner):
         embedding = model.get_input_embeddings()  # type: ignore[operator]
         if isinstance(embedding, FPTInputLayer) and kwargs.get("inputs_embeds") is not None:
             kwargs["inputs_embeds"] = embedding(kwargs["inputs_embeds"], features=True)
-        tuner_checks.check_forward_inputs(model, args, kwargs, self._position_capacity)
-        head = getattr(model, OUTPUT_LAYER_NAME, None)
-        if "labels" in kwargs and isinstance(head, FPTOutputLayer) and not _takes_labels(type(model).forward):
-            raise ValueError(
-                f"{type(model).__name__}.forward takes no **kwargs, so it cannot pass labels to FPT's head."
-            )
+        head = isinstance(getattr(model, OUTPUT_LAYER_NAME, None), FPTOutputLayer)
+        tuner_checks.check_forward_inputs(model, args, kwargs, self._position_capacity, head)
         return args, kwargs
 
     def _apply_output_layer(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
@@ -486,15 +448,6 @@ def _is_mixed(head: FPTOutputLayer) -> bool:
     return any(getattr(h, "func", None) is _pass_adapter_names for h in head._forward_pre_hooks.values())
 
 
-def _batch_shape(config: FPTConfig | None) -> tuple[Any, ...]:
-    """What rows of one batch must share: the input kind and width, the output shape and the padding id."""
-    if config is None:
-        return ("ids", None, None)
-    inputs = ("features", config.input_dim) if config.input_dim else ("ids", config.input_vocab_size)
-    output = None if config.output_dim is None else (config.output_tokens, config.values_per_token, config.output_dim)
-    return (*inputs, output) + ((config.pad_token_id,) if config.input_vocab_size else ())
-
-
 def _input_embedding_name(model: nn.Module) -> str:
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]
     return next((name for name, module in model.named_modules() if module is embedding), "")
@@ -506,29 +459,6 @@ def _last_hidden_weight(model: nn.Module) -> torch.Tensor:
     norms = [m for m in model.modules() if is_norm(m)]
     params = [p for p in (norms[-1] if norms else model).parameters() if p.is_floating_point()]
     return params[-1] if params else torch.empty(0)
-
-
-def _adapter_keys(model: nn.Module, adapter_name: str) -> set[str]:
-    """State-dict keys (without peft's prefix) of ``adapter_name``'s FPT weights and saved modules in ``model``."""
-    keys = set()
-    for name in model.state_dict():
-        parts = name.removeprefix("base_model.model.").split(".")
-        for i, part in enumerate(parts[:-1]):
-            if (part.startswith(PREFIX) or part == "modules_to_save") and parts[i + 1] == adapter_name:
-                keys.add(".".join(parts))
-                break
-    return keys
-
-
-def _listed(names: set[str], count: int = 5) -> str:
-    ordered = sorted(names)
-    return str(ordered[:count]) + (" ..." if len(ordered) > count else "")
-
-
-@functools.lru_cache(maxsize=64)
-def _takes_labels(forward: Any) -> bool:
-    parameters = inspect.signature(forward).parameters.values()
-    return any(p.kind is p.VAR_KEYWORD or p.name == "labels" for p in parameters)
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
