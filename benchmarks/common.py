@@ -38,10 +38,17 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 transformers.utils.logging.disable_progress_bar()
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-MODELS = ("minilm", "gpt2-shape", "tiny-bert")
+GPT2_SHAPES = {  # name -> (layers, width, heads) of GPT-2 small, medium, large and XL
+    "gpt2-shape": (12, 768, 12),
+    "gpt2-medium-shape": (24, 1024, 16),
+    "gpt2-large-shape": (36, 1280, 20),
+    "gpt2-xl-shape": (48, 1600, 25),
+}
+MODELS = ("minilm", *GPT2_SHAPES, "tiny-bert")
 """``minilm``: the packaged, really pretrained MiniLM-L6-H384 (BERT, 22.7M parameters). ``gpt2-shape``: GPT-2 small's
 exact shape (``GPT2Config()``: 12 layers, width 768, 124M parameters) with random weights, so no download is needed;
-speed and memory depend on the shape, not on the values of the weights. ``tiny-bert``: MiniLM's structure (6 BERT
+speed and memory depend on the shape, not on the values of the weights; ``gpt2-medium-shape``, ``gpt2-large-shape``
+and ``gpt2-xl-shape`` likewise (355M, 774M, 1.56B). ``tiny-bert``: MiniLM's structure (6 BERT
 layers, so the same modules and wrappers) at width 32, random: the arithmetic is so small that fixed per-call costs
 (Python, wrappers, hooks) dominate; for measuring overhead."""
 
@@ -51,9 +58,10 @@ def load_base(name: str, device: str = "cpu", seed: int = 0) -> transformers.Pre
     """A backbone (``AutoModel``) for benchmark model ``name`` (one of :data:`MODELS`), on ``device``."""
     if name == "minilm":
         model = transformers.AutoModel.from_pretrained(minilm_path())
-    elif name == "gpt2-shape":
+    elif name in GPT2_SHAPES:
         torch.manual_seed(seed)
-        model = transformers.AutoModel.from_config(transformers.GPT2Config())
+        layers, width, heads = GPT2_SHAPES[name]
+        model = transformers.AutoModel.from_config(transformers.GPT2Config(n_layer=layers, n_embd=width, n_head=heads))
     elif name == "tiny-bert":
         torch.manual_seed(seed)
         config = transformers.BertConfig(

@@ -19,18 +19,26 @@ the peak memory of the training steps above what the loaded model already held (
 ``getrusage``; CUDA: ``torch.cuda.max_memory_allocated``). FLOPs come from ``torch.utils.flop_counter``, and the
 activations autograd keeps for the backward from ``saved_tensors_hooks``.
 
+``--precision`` trains in ``fp32``, ``tf32`` (CUDA matrix products in TensorFloat-32) or ``bf16`` (weights in
+float32, the forward under ``torch.autocast`` in bfloat16, as Accelerate's ``mixed_precision="bf16"``); ``--compile``
+times ``torch.compile`` of each model (FLOPs and activations are counted on the model itself). The achieved rate
+(counted FLOPs / step time) is set beside the device's matrix-product rate, measured in the same run with one
+(batch x tokens, width) @ (width, 4 x width) product in the run's precision.
+
     python -m benchmarks.cost                       # MiniLM (packaged, pretrained), CPU
     python -m benchmarks.cost --model gpt2-shape    # GPT-2 small's shape, random weights
-    python -m benchmarks.cost --device cuda         # on a GPU
+    python -m benchmarks.cost --device cuda --model gpt2-xl-shape --precision bf16 --compile
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,7 @@ from benchmarks.common import (
     current_rss_bytes,
     environment,
     format_table,
+    hidden_size,
     make_batch,
     median,
     mib,
@@ -55,22 +64,71 @@ from benchmarks.common import (
     peak_rss_bytes,
     saved_tensor_bytes,
     set_threads,
+    synchronize,
     tensor_bytes,
     train_step,
     write_json,
 )
 
 REFERENCE = "fpt_peft"
-DEFAULT_BATCH = {"minilm": 16, "gpt2-shape": 4, "tiny-bert": 16}
-DEFAULT_STEPS = {"minilm": 5, "gpt2-shape": 3, "tiny-bert": 20}
+DEFAULT_BATCH = {"minilm": 16, "tiny-bert": 16}  # GPT-2 shapes: 4
+DEFAULT_STEPS = {"minilm": 5, "tiny-bert": 20}  # GPT-2 shapes: 3
+PRECISIONS = ("fp32", "tf32", "bf16")
 Batch = dict[str, torch.Tensor]
 
 
 def variant_for(name: str, args: argparse.Namespace) -> Variant:
-    """Build set-up ``name`` with the sizes in ``args``."""
-    return build_variant(
+    """Build set-up ``name`` with the sizes in ``args``, computing in ``args.precision`` (eager: not compiled)."""
+    variant = build_variant(
         name, args.model, args.output_dim, input_dim=args.input_dim, device=args.device, adam=args.adam
     )
+    if args.precision != "bf16":
+        return variant
+    eager, device_type = variant.loss, torch.device(args.device).type
+
+    def loss(**batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return eager(**batch)
+
+    return dataclasses.replace(variant, loss=loss)
+
+
+def compiled(variant: Variant, args: argparse.Namespace) -> Variant:
+    """``variant`` with its model run through ``torch.compile`` (same weights and optimizer) when ``--compile``."""
+    if not args.compile:
+        return variant
+    model = torch.compile(variant.model)
+    device_type = torch.device(args.device).type
+
+    def loss(**batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            out = model(**batch)
+        return out if isinstance(out, torch.Tensor) else out.loss
+
+    return dataclasses.replace(variant, loss=loss)
+
+
+def set_precision(precision: str) -> None:
+    """TensorFloat-32 matrix products on CUDA for ``tf32`` only (torch's default is off)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
+def matmul_tflops(args: argparse.Namespace, width: int, repeats: int = 20) -> float:
+    """The device's rate, in TFLOP/s, for one (batch x tokens, width) @ (width, 4 x width) product in the run's
+    precision (bf16 tensors for ``bf16``): the roofline the training steps are set against."""
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(args.batch * args.seq, width, generator=generator).to(args.device, dtype)
+    b = torch.randn(width, 4 * width, generator=generator).to(args.device, dtype)
+    times = []
+    for i in range(repeats + 3):
+        synchronize(args.device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(args.device)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 2 * a.shape[0] * width * 4 * width / median(times) / 1e12
 
 
 def batch_for(args: argparse.Namespace) -> Batch:
@@ -117,7 +175,7 @@ def saved_activation_bytes(variant: Variant, batch: Batch) -> int:
 # ---------------------------------------------------------------------- memory (one subprocess per variant)
 def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
     """Memory of training set-up ``args.worker`` in this (fresh) process; see the module docstring."""
-    variant = variant_for(args.worker, args)
+    variant = compiled(variant_for(args.worker, args), args)
     batch = batch_for(args)
     gc.collect()
     rss_before, rss_peak_before = current_rss_bytes(), peak_rss_bytes()
@@ -173,8 +231,8 @@ def memory_in_subprocesses(args: argparse.Namespace, variants: tuple[str, ...]) 
 
 
 def _shared_arguments(args: argparse.Namespace) -> list[str]:
-    keys = ("model", "device", "batch", "seq", "input_dim", "output_dim", "adam", "warmup", "threads")
-    return [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in keys]
+    keys = ("model", "device", "batch", "seq", "input_dim", "output_dim", "adam", "warmup", "threads", "precision")
+    return [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in keys] + ["--compile"] * args.compile
 
 
 # ---------------------------------------------------------------------- timing (all set-ups in this process)
@@ -186,6 +244,8 @@ def measure_time(args: argparse.Namespace, variants: tuple[str, ...]) -> dict[st
     """
     batch = batch_for(args)
     built = {name: variant_for(name, args) for name in variants}
+    reference: Any = built[REFERENCE].model
+    args.matmul_tflops = matmul_tflops(args, hidden_size(reference.get_base_model()))
     results: dict[str, dict[str, Any]] = {}
     for name, variant in built.items():
         forward, backward = count_flops(variant, batch)
@@ -194,6 +254,7 @@ def measure_time(args: argparse.Namespace, variants: tuple[str, ...]) -> dict[st
             "backward_gflop": backward / 1e9,
             "saved_activation_bytes": saved_activation_bytes(variant, batch),
         }
+        built[name] = variant = compiled(variant, args)
         for _ in range(args.warmup):
             train_step(variant, batch, args.device)
     rounds: dict[str, list[list[float]]] = {name: [] for name in variants}
@@ -233,6 +294,8 @@ def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dic
         values["train_state_ratio"] = memory["train_state_bytes"] / ref["memory"]["train_state_bytes"]
         values["peak_memory_ratio"] = memory[peak_key] / max(1, ref["memory"][peak_key])
         values["saved_activation_ratio"] = values["saved_activation_bytes"] / ref["saved_activation_bytes"]
+        values["achieved_tflops"] = values["gflop"] / values["step_ms"]  # GFLOP per ms = TFLOP/s
+        values["share_of_matmul_rate"] = values["achieved_tflops"] / args.matmul_tflops
     headers = [
         "set-up",
         "trainable params",
@@ -243,6 +306,8 @@ def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dic
         "Adam ms",
         "GFLOP fwd+bwd",
         "x fpt_peft",
+        "TFLOP/s",
+        "of matmul",
         "params+grads+Adam MiB",
         "x fpt_peft",
         "saved activations MiB",
@@ -261,6 +326,8 @@ def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dic
             v["optimizer_ms"],
             f"{v['forward_gflop']:.1f}+{v['backward_gflop']:.1f}",
             f"{v['flop_ratio']:.2f}",
+            f"{v['achieved_tflops']:.3g}",
+            f"{v['share_of_matmul_rate']:.1%}",
             mib(v["memory"]["train_state_bytes"]),
             f"{v['train_state_ratio']:.1f}",
             mib(v["saved_activation_bytes"]),
@@ -282,6 +349,8 @@ def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dic
         "warmup",
         "steps",
         "repeats",
+        "precision",
+        "compile",
     )
     plain = variants.get("plain_fpt")
     data = {
@@ -291,6 +360,7 @@ def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dic
         "settings": {key: getattr(args, key) for key in keys},
         "environment": environment(args.device),
         "reference": REFERENCE,
+        "matmul_tflops": args.matmul_tflops,
         "fpt_peft_overhead_vs_plain_fpt": (
             None if plain is None else paired_ratio(ref["step_ms_rounds"], plain["step_ms_rounds"]) - 1
         ),
@@ -320,11 +390,14 @@ def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dic
             ),
         ],
         out_dir=args.out_dir,
-        title=f"{args.model}: batch {args.batch} x {args.seq} tokens, {args.device}, {threads} thread(s)",
+        title=f"{args.model}: batch {args.batch} x {args.seq} tokens, {args.device}, {args.precision}"
+        + (", compiled" if args.compile else "")
+        + f", {threads} thread(s)",
     )
     print(
         f"\n{args.model}: batch {args.batch} x {args.seq} tokens of width {args.input_dim}, {args.device}, "
-        f"{threads} thread(s), Adam {args.adam}; medians of {args.repeats} rounds x {args.steps} steps"
+        f"{threads} thread(s), Adam {args.adam}, {args.precision}{' compiled' if args.compile else ''}; medians of "
+        f"{args.repeats} rounds x {args.steps} steps; matrix products at {args.matmul_tflops:.3g} TFLOP/s"
     )
     print(format_table(headers, rows))
     if plain is not None:
@@ -341,13 +414,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads (default 1: stable on a shared box; 0: all)"
     )
-    parser.add_argument("--batch", type=int, default=None, help="default: 16 for minilm, 4 for gpt2-shape")
+    parser.add_argument("--batch", type=int, default=None, help="default: 16 for minilm, 4 for GPT-2 shapes")
     parser.add_argument("--seq", type=int, default=64, help="tokens per example (default 64: CIFAR-10 in 4x4 patches)")
     parser.add_argument("--input-dim", type=int, default=48, help="width of a continuous token (default 48)")
     parser.add_argument("--output-dim", type=int, default=10)
     parser.add_argument("--adam", choices=("fused", "foreach", "loop"), default="fused")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per set-up")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5; gpt2-shape 3)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5; GPT-2 shapes 3)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), tf32 (CUDA), bf16")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile of each model")
     parser.add_argument("--repeats", type=int, default=5, help="rounds; the median is reported")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny batch, one step)")
@@ -358,9 +433,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.batch, args.seq, args.warmup, args.steps, args.repeats = args.batch or 2, 8, 1, 1, 1
     if args.batch is None:
-        args.batch = DEFAULT_BATCH[args.model]
+        args.batch = DEFAULT_BATCH.get(args.model, 4)
     if args.steps is None:
-        args.steps = DEFAULT_STEPS[args.model]
+        args.steps = DEFAULT_STEPS.get(args.model, 3)
+    if args.precision == "tf32" and not args.device.startswith("cuda"):
+        parser.error("--precision tf32 is a CUDA matrix-product mode; on the CPU use fp32 or bf16.")
     if REFERENCE not in args.variants:
         args.variants.insert(0, REFERENCE)
     return args
@@ -372,6 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available.")
     set_threads(args.threads)
+    set_precision(args.precision)
     if args.worker:
         print(json.dumps(measure_memory(args)))
         return None

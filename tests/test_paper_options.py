@@ -63,7 +63,7 @@ def test_input_dropout_is_linear_then_dropout() -> None:
     layer.train()
     with torch.no_grad():
         torch.manual_seed(7)
-        out = layer.embed_features(x)
+        out = layer(x, features=True)
         torch.manual_seed(7)
         expected = torch.nn.functional.dropout(by_hand, p=0.25, training=True)
     torch.testing.assert_close(out, expected)
@@ -72,14 +72,14 @@ def test_input_dropout_is_linear_then_dropout() -> None:
     torch.testing.assert_close(out[kept], by_hand[kept] / 0.75)  # ... scaled by 1 / (1 - p), the rest are zeros
     layer.eval()
     with torch.no_grad():
-        torch.testing.assert_close(layer.embed_features(x), by_hand)
+        torch.testing.assert_close(layer(x, features=True), by_hand)
 
 
 def test_zero_input_dropout_draws_no_random_numbers() -> None:
     layer = _input_layer(_continuous(0.0)).train()
     torch.manual_seed(3)
     with torch.no_grad():
-        layer.embed_features(torch.randn(2, 3, 6))
+        layer(torch.randn(2, 3, 6), features=True)
     after = torch.rand(1)
     torch.manual_seed(3)
     torch.randn(2, 3, 6)
