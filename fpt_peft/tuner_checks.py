@@ -181,7 +181,8 @@ def check_forward_inputs(
     """Raise a ValueError for empty inputs, an attention mask of another shape, more tokens than the learned
     positions hold (``capacity``; None: unbounded), or labels for an FPT output layer (``head``) that the model's
     forward cannot pass on."""
-    if "labels" in kwargs and head and not _takes_labels(type(model).forward):
+    compiling = torch.compiler.is_compiling()  # a signature does not change between calls: checked when eager
+    if "labels" in kwargs and head and not compiling and not _takes_labels(type(model).forward):
         raise ValueError(f"{type(model).__name__}.forward takes no **kwargs, so it cannot pass labels to FPT's head.")
     shape = None
     for name, value in (
@@ -218,7 +219,10 @@ def check_ids(input_ids: torch.Tensor, vocabulary: int) -> None:
             f"input_ids must be integer ids of shape (batch, tokens); got {input_ids.dtype} of shape "
             f"{tuple(input_ids.shape)}."
         )
-    if input_ids.numel():
+    if torch.compiler.is_compiling():  # a host read would break the graph: the device checks the range instead
+        in_range = ((input_ids >= 0) & (input_ids < vocabulary)).all()
+        torch._assert_async(in_range, f"input_ids must lie in [0, input_vocab_size={vocabulary})")
+    elif input_ids.numel():
         low, high = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())  # one host read
         if high >= vocabulary or low < 0:
             raise ValueError(

@@ -52,6 +52,46 @@ def test_cost_quick(tmp_path: Path) -> None:
     assert fpt["step_time_ratio"] == 1.0
 
 
+def test_cost_bf16_autocasts_every_setup_and_compile_leaves_fpt_without_graph_breaks() -> None:
+    import torch._dynamo
+
+    from benchmarks import cost
+    from benchmarks.common import train_step
+
+    fp32, bf16 = (cost.parse_args(["--quick", "--model", "tiny-bert", "--precision", p]) for p in ("fp32", "bf16"))
+    batch = cost.batch_for(fp32)
+    for name in ("fpt_peft", "plain_fpt", "full"):  # the blocks' matrix products compute in the run's precision
+        for args, dtype in ((fp32, torch.float32), (bf16, torch.bfloat16)):
+            variant = cost.variant_for(name, args)
+            seen = []
+            linear = next(m for n, m in variant.model.named_modules() if n.endswith("attention.self.query"))
+            linear.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out.dtype))
+            variant.loss(**batch)
+            assert seen == [dtype], (name, args.precision, seen)
+    bf16.compile = True
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    variant = cost.compiled(cost.variant_for("fpt_peft", bf16), bf16)
+    before = variant.model.state_dict()[
+        "base_model.model.encoder.layer.0.attention.output.LayerNorm.fpt_copies.default.weight"
+    ].clone()
+    train_step(variant, batch)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the model really ran compiled
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    after = variant.model.state_dict()[
+        "base_model.model.encoder.layer.0.attention.output.LayerNorm.fpt_copies.default.weight"
+    ]
+    assert not torch.equal(before, after)  # and trained
+
+
+def test_cost_refuses_tf32_off_cuda() -> None:
+    from benchmarks import cost
+
+    with pytest.raises(SystemExit) as exit_info:
+        cost.parse_args(["--precision", "tf32"])
+    assert exit_info.value.code == 2
+
+
 def test_adapters_quick(tmp_path: Path) -> None:
     data = _run("adapters", tmp_path, "adapters-test")
     minilm = data["models"]["minilm"]

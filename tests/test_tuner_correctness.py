@@ -257,3 +257,23 @@ def test_suffix_targets_select_exactly_what_discovery_found(family: str, kind: s
     skipped = ("score", "classifier", "lm_head", "classification_head")
     expected = {n for n in found.norms + found.position_modules if not any(s in n.split(".") for s in skipped)}
     assert _wrapped(model) == expected
+
+
+# ---------------------------------------------------------------------------------------------- torch.compile
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["token", "feature"])
+def test_compiles_as_one_graph_and_computes_what_eager_does(mode: str) -> None:
+    config = FPTConfig(input_vocab_size=11, output_dim=3) if mode == "token" else FPTConfig(input_dim=5, output_dim=3)
+    inputs = (
+        {"input_ids": torch.randint(0, 11, (2, 6))} if mode == "token" else {"inputs_embeds": torch.randn(2, 6, 5)}
+    )
+    model = get_peft_model(_model("gpt2"), config).eval()
+    eager = model(**inputs, labels=torch.tensor([0, 1]))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)  # any graph break (a host read, an untraceable check) raises
+    out = compiled(**inputs, labels=torch.tensor([0, 1]))
+    torch.testing.assert_close(out.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, eager.loss, atol=1e-5, rtol=1e-5)
+    if mode == "token":  # the range check runs on the device when compiled
+        with pytest.raises(RuntimeError, match=r"input_ids must lie in \[0, input_vocab_size=11\)"):
+            compiled(input_ids=torch.full((2, 6), 11))
