@@ -99,7 +99,8 @@ class FPTLayer(nn.Module, BaseTunerLayer):
             raise ValueError(
                 "Cannot pass `adapter_names` when there are merged adapters, call `unmerge_adapter` first."
             )
-        batch, rows = len(adapter_names), args[0].shape[0]
+        first = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+        batch, rows = len(adapter_names), first.shape[0]
         groups: dict[str, list[int]] = {}
         for row, name in enumerate(adapter_names):
             groups.setdefault(name, []).append(row)
