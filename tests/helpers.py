@@ -11,6 +11,22 @@ from typing import Any
 import torch
 import transformers
 
+
+def _decoder(config_class: Any, **extra: object) -> transformers.PretrainedConfig:
+    """A tiny config of a Llama-like decoder family (grouped-query attention, rotary positions)."""
+    return config_class(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        vocab_size=50,
+        pad_token_id=0,
+        **extra,
+    )
+
+
 TINY = {
     "gpt2": lambda: transformers.GPT2Config(
         n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=50, bos_token_id=0, eos_token_id=0
@@ -50,48 +66,10 @@ TINY = {
         max_position_embeddings=64,
         vocab_size=50,
     ),
-    "llama": lambda: transformers.LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        vocab_size=50,
-        pad_token_id=0,
-    ),
-    "qwen2": lambda: transformers.Qwen2Config(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        vocab_size=50,
-        pad_token_id=0,
-    ),
-    "mistral": lambda: transformers.MistralConfig(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        vocab_size=50,
-        pad_token_id=0,
-    ),
-    "phi3": lambda: transformers.Phi3Config(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        vocab_size=50,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
+    "llama": lambda: _decoder(transformers.LlamaConfig),
+    "qwen2": lambda: _decoder(transformers.Qwen2Config),
+    "mistral": lambda: _decoder(transformers.MistralConfig),
+    "phi3": lambda: _decoder(transformers.Phi3Config, bos_token_id=1, eos_token_id=2),
     "t5": lambda: transformers.T5Config(
         num_layers=2,
         num_decoder_layers=2,
@@ -131,6 +109,15 @@ def tiny_config(family: str, **overrides: object) -> transformers.PretrainedConf
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
+
+
+def perturb_adapter(model: torch.nn.Module, seed: int = 1) -> None:
+    """Move every adapter weight away from its initial value (FPT's copies start equal to the base)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "fpt_" in name or "modules_to_save" in name:
+                param.add_(0.1 * torch.randn(param.shape, generator=generator).to(param.dtype))
 
 
 def base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

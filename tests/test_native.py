@@ -25,18 +25,9 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 import fpt_peft
 from fpt_peft import FPTConfig, FPTInputLayer, FPTModuleLayer
 
-from .helpers import tiny_config
+from .helpers import perturb_adapter, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _perturb(model: torch.nn.Module, seed: int = 1) -> None:
-    """Move every adapter weight away from its initial value (FPT's copies start equal to the base)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "fpt_" in name or "modules_to_save" in name:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator).to(param.dtype))
 
 
 def _backbone(layers: int = 2) -> Any:
@@ -55,14 +46,14 @@ IDS = torch.randint(1, 12, (4, 7), generator=torch.Generator().manual_seed(4))
 
 def test_deepcopy_and_pickle_give_independent_working_copies() -> None:
     model = get_peft_model(_backbone(), FPTConfig(input_dim=5, output_dim=3)).eval()
-    _perturb(model)
+    perturb_adapter(model)
     before = model(inputs_embeds=FEATURES).logits
     twin = copy.deepcopy(model)
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
     unpickled = torch.load(buffer, weights_only=False)
-    _perturb(model, seed=2)  # the original moves on; the copies must not follow
+    perturb_adapter(model, seed=2)  # the original moves on; the copies must not follow
     assert not torch.equal(model(inputs_embeds=FEATURES).logits, before)
     assert torch.equal(twin(inputs_embeds=FEATURES).logits, before)
     assert torch.equal(unpickled(inputs_embeds=FEATURES).logits, before)
@@ -99,7 +90,7 @@ def test_two_threads_inside_one_forward_get_their_own_losses() -> None:
 def test_save_after_merge_stores_the_trained_weights(tmp_path: Path) -> None:
     config = FPTConfig(task_type="SEQ_CLS", input_vocab_size=12)
     model = get_peft_model(_classifier(), config).eval()
-    _perturb(model)
+    perturb_adapter(model)
     trained = model(input_ids=IDS).logits
     with model.disable_adapter():
         base = model(input_ids=IDS).logits
@@ -114,7 +105,7 @@ def test_save_after_merge_stores_the_trained_weights(tmp_path: Path) -> None:
 
 def test_merge_copies_in_place_and_unmerge_restores_the_base() -> None:
     model = get_peft_model(_backbone(), FPTConfig(input_dim=5, output_dim=3)).eval()
-    _perturb(model)
+    perturb_adapter(model)
     norm = model.get_base_model().h[0].ln_1
     assert isinstance(norm, FPTModuleLayer)
     base_weight, adapter_weight = norm.base_layer.weight, norm.fpt_copies["default"].weight
@@ -128,7 +119,7 @@ def test_merge_copies_in_place_and_unmerge_restores_the_base() -> None:
 @pytest.mark.parametrize("name", ["0", "1", "h", "ln_1", "default"])
 def test_any_adapter_name_loads(name: str, tmp_path: Path) -> None:
     model = get_peft_model(_backbone(), FPTConfig(input_dim=5, output_dim=3)).eval()
-    _perturb(model)
+    perturb_adapter(model)
     expected = model(inputs_embeds=FEATURES).logits
     model.save_pretrained(tmp_path)
     other = get_peft_model(_backbone(), FPTConfig(input_dim=5, output_dim=3), adapter_name="first")
@@ -194,7 +185,7 @@ print(json.dumps({"logits": model(input_ids=ids).logits.tolist(), "vocab": model
 
 def test_token_mode_merges_into_a_plain_model_that_loads_without_fpt_peft(tmp_path: Path) -> None:
     model = get_peft_model(_classifier(), FPTConfig(task_type="SEQ_CLS", input_vocab_size=12, pad_token_id=0))
-    _perturb(model)
+    perturb_adapter(model)
     model.eval()
     expected = model(input_ids=IDS).logits
     merged = model.merge_and_unload()
@@ -244,7 +235,7 @@ def test_every_adapter_weight_follows_peft_autocast_rule() -> None:
 
 def test_low_cpu_mem_usage_creates_meta_weights_and_loads_them(tmp_path: Path) -> None:
     model = get_peft_model(_backbone(), FPTConfig(input_vocab_size=12, output_dim=3)).eval()
-    _perturb(model)
+    perturb_adapter(model)
     expected = model(input_ids=IDS).logits
     model.save_pretrained(tmp_path)
     empty = inject_adapter_in_model(FPTConfig(input_vocab_size=12, output_dim=3), _backbone(), low_cpu_mem_usage=True)
@@ -319,7 +310,7 @@ def test_import_registers_three_tables_only() -> None:
 
 def test_transformers_load_adapter_path_computes_the_head_and_loss(tmp_path: Path) -> None:
     model = get_peft_model(_backbone(), FPTConfig(input_dim=5, output_dim=3)).eval()
-    _perturb(model)
+    perturb_adapter(model)
     labels = torch.tensor([0, 1, 2, 0])
     expected = model(inputs_embeds=FEATURES, labels=labels)
     model.save_pretrained(tmp_path)

@@ -16,15 +16,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceCl
 from fpt_peft import FPTConfig, FPTModuleLayer
 from fpt_peft.tuner.discovery import discover
 
-from .helpers import base_state, tiny_config
-
-
-def _perturb(model: torch.nn.Module, seed: int = 1) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "fpt_" in name or "modules_to_save" in name:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator).to(param.dtype))
+from .helpers import base_state, perturb_adapter, tiny_config
 
 
 def _model(family: str, kind: str = "backbone", **config: Any) -> Any:
@@ -70,7 +62,7 @@ def test_half_precision_bases_train_their_norms_in_float32(dtype: torch.dtype, m
 
 def test_an_adapter_trained_on_a_bf16_base_loads_onto_float32_and_float16_bases(tmp_path: Path) -> None:
     model = get_peft_model(_model("gpt2").to(torch.bfloat16), FPTConfig(input_dim=5, output_dim=3)).eval()
-    _perturb(model)
+    perturb_adapter(model)
     features = torch.randn(2, 4, 5)
     expected = model(inputs_embeds=features).logits.float()
     model.save_pretrained(tmp_path)
@@ -85,7 +77,7 @@ def test_num_layers_merge_and_unload_exports_the_cut_model_and_reloads_it(tmp_pa
     model = get_peft_model(
         _model("gpt2", "seq_cls", num_labels=3, pad_token_id=0), FPTConfig(task_type="SEQ_CLS", num_layers=1)
     )
-    _perturb(model)
+    perturb_adapter(model)
     model.eval()
     ids = torch.randint(1, 50, (3, 6))
     expected = model(input_ids=ids).logits
@@ -102,7 +94,7 @@ def test_num_layers_disable_runs_the_full_base_and_unload_returns_it() -> None:
     base = _model("gpt2", n_layer=3)
     plain = copy.deepcopy(base).eval()
     model = get_peft_model(base, FPTConfig(input_vocab_size=50, output_dim=2, num_layers=1)).eval()
-    _perturb(model)
+    perturb_adapter(model)
     ids = torch.randint(1, 50, (2, 5))
     reference = plain(input_ids=ids).last_hidden_state
     assert len(model.get_base_model().h) == 1
@@ -118,13 +110,13 @@ def test_num_layers_disable_runs_the_full_base_and_unload_returns_it() -> None:
 # ---------------------------------------------------------------------------------------------- reused configs
 def test_a_config_read_from_a_saved_adapter_serves_a_new_model_that_saves_and_resumes(tmp_path: Path) -> None:
     first = get_peft_model(_model("gpt2"), FPTConfig(input_dim=5, output_dim=3))
-    _perturb(first)
+    perturb_adapter(first)
     first.save_pretrained(tmp_path / "a")
     config = FPTConfig.from_pretrained(str(tmp_path / "a"))
     assert config.weights_sha256 is None and "weights_sha256" not in config.to_dict()  # read, checked, not kept
     torch.manual_seed(7)
     second = get_peft_model(AutoModel.from_config(tiny_config("gpt2")), config)
-    _perturb(second, seed=2)
+    perturb_adapter(second, seed=2)
     second.eval()
     features = torch.randn(2, 4, 5)
     expected = second(inputs_embeds=features).logits
@@ -138,7 +130,7 @@ def _two_adapters(kind: str, **config: Any) -> Any:
     base = _model("gpt2", kind, num_labels=3, pad_token_id=0) if kind == "seq_cls" else _model("gpt2", kind)
     model = get_peft_model(base, FPTConfig(**config), adapter_name="a")
     model.add_adapter("b", FPTConfig(**config))
-    _perturb(model)
+    perturb_adapter(model)
     return model.eval()
 
 
