@@ -132,15 +132,13 @@ def resolve_folder(source: str, subfolder: str | None = None, **hub_kwargs: Any)
     return os.path.dirname(config)
 
 
-def check_folder(folder: str, declared_weights: int) -> None:
-    """Check the weights file in ``folder`` (if any) against the ``adapter_config.json`` beside it before peft builds
-    anything: it reads completely, could hold ``declared_weights`` weights, and has the digest the config records.
+def check_folder(folder: str, recorded: str | None, declared_weights: int) -> None:
+    """Check the weights file in ``folder`` (if any) against its ``adapter_config.json`` before peft builds anything:
+    it reads completely, could hold ``declared_weights`` weights, and has the digest ``recorded`` in the config.
 
     Raises:
         AdapterIntegrityError: naming the file, when any of these fails (a torn, mixed, edited or forged folder).
     """
-    with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as handle:
-        recorded = json.load(handle).get(DIGEST_KEY)
     weights = weights_file(folder)
     if weights is None:
         return
@@ -151,12 +149,8 @@ def check_folder(folder: str, declared_weights: int) -> None:
             f"The config beside {weights!r} declares new input/output layers of {declared_weights:,} weights, but the "
             f"file has only {size:,} bytes: the config is inconsistent (edited, or from another adapter)."
         )
-    if recorded is not None and digest(tensors) != recorded:
-        raise AdapterIntegrityError(
-            f"The adapter weights {weights!r} do not belong to its adapter_config.json: the config records weights "
-            f"with digest {recorded[:16]}..., the file holds others. They come from different saves (a partial copy, "
-            "an edited folder, or a save interrupted half-way); save the adapter again."
-        )
+    if recorded is not None:
+        check_digest(tensors, recorded, where=f" {weights!r}")
 
 
 def add_loading_note(folder: str) -> None:
@@ -171,3 +165,14 @@ def add_loading_note(folder: str) -> None:
     if not text:
         text = "---\nlibrary_name: peft\ntags:\n- fpt\n---\n"
     write_text(path, text.rstrip("\n") + "\n\n" + LOADING_NOTE)
+
+
+def check_digest(tensors: Mapping[str, torch.Tensor], recorded: str, where: str = "") -> None:
+    """Raise :class:`AdapterIntegrityError` unless ``tensors`` (weights read, from the file ``where`` names) have the
+    digest ``recorded`` (from the ``adapter_config.json`` read with them)."""
+    if digest(tensors) != recorded:
+        raise AdapterIntegrityError(
+            f"The adapter weights{where} do not belong to its adapter_config.json: the config records weights with "
+            f"digest {recorded[:16]}..., the weights read have another. They come from different saves (a partial "
+            "copy, an edited folder, or a save interrupted half-way); save the adapter again."
+        )

@@ -12,6 +12,10 @@ from peft.config import PeftConfig
 
 from .. import adapter_files, tuner_checks
 
+# Where a config read from a folder keeps that folder's weights digest until the tuner takes it on injection; not a
+# field, so never saved, compared or shown.
+READ_DIGEST = "_fpt_read_digest"
+
 
 class FPTPeftType(str, enum.Enum):
     """The peft type of the FPT method (``adapter_config.json``: ``"FPT"``).
@@ -75,8 +79,9 @@ class FPTConfig(PeftConfig):
         position_parameters (`list[str]`, *optional*): positional embeddings that are bare parameters (ViT's
             `embeddings.position_embeddings`); resolved by discovery.
         base_model_type, base_hidden_size: recorded on first use; a load onto another architecture or width fails.
-        weights_sha256 (*init only*): the digest `save_pretrained` writes into `adapter_config.json`. It is checked by
-            `from_pretrained` against the weights file in the same folder and never kept on the config.
+        weights_sha256 (*init only*): the digest `save_pretrained` writes into `adapter_config.json`. It is not a
+            field: a config read from a folder hands it to the first model it is put on, which checks the weights it
+            loads next against it (until then, or until that adapter is saved); it is never saved or compared.
     """
 
     input_dim: int | None = field(default=None, metadata={"help": "Width of continuous input tokens."})
@@ -107,6 +112,8 @@ class FPTConfig(PeftConfig):
         super().__post_init__()  # peft's own checks first (task type), with peft's messages
         self.peft_type = FPTPeftType.FPT  # type: ignore[assignment]  # as peft's configs do, whatever was passed
         tuner_checks.check_config(self, weights_sha256)
+        if weights_sha256 is not None:  # read from a folder: the weights loaded next from it must have this digest
+            self.__dict__[READ_DIGEST] = weights_sha256
         if self.input_vocab_size is not None and self.pad_token_id is None:
             self.pad_token_id = 0
 
@@ -148,7 +155,8 @@ class FPTConfig(PeftConfig):
         hub_kwargs = cls._split_kwargs(kwargs)[0]
         folder = adapter_files.resolve_folder(os.fspath(pretrained_model_name_or_path), subfolder, **hub_kwargs)
         if folder is not None and isinstance(config, FPTConfig):
-            adapter_files.check_folder(folder, config.new_layer_parameters(config.base_hidden_size or 1))
+            declared = config.new_layer_parameters(config.base_hidden_size or 1)
+            adapter_files.check_folder(folder, config.__dict__.get(READ_DIGEST), declared)
         return config
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
