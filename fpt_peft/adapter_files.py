@@ -1,9 +1,10 @@
 """An adapter folder's files, written and read safely: digests, checked reads, atomic writes, the loading note.
 
-Pure functions over files and tensors (no import of the tuner). ``FPTConfig.save_pretrained`` and
-``FPTConfig.from_pretrained``, which peft calls right after writing / right before reading an FPT adapter's weights,
-call :func:`write_config` and :func:`read_recorded_digest`: the digest of the weights lives in the folder's
-``adapter_config.json`` and is checked when the folder is read, never on a config object in memory.
+Functions over files and tensors, and two mixins that put them where peft writes and reads an adapter (no import of
+the tuner): :class:`CheckedConfigFiles` for the config (``save_pretrained`` records the digest of the weights file
+beside it, ``from_pretrained`` checks the folder), :class:`CheckedAdapterLoads` for the tuner (the first weights
+loaded into an adapter whose config was read from a folder must have that folder's digest, and exactly the adapter's
+keys). The digest lives in the folder's ``adapter_config.json``, never in a config field.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -176,3 +177,143 @@ def check_digest(tensors: Mapping[str, torch.Tensor], recorded: str, where: str 
             f"digest {recorded[:16]}..., the weights read have another. They come from different saves (a partial "
             "copy, an edited folder, or a save interrupted half-way); save the adapter again."
         )
+
+
+# Where a config read from a folder keeps that folder's weights digest until a tuner takes it on injection; not a
+# field, so never saved, compared or shown.
+_READ_DIGEST = "_fpt_read_digest"
+
+
+class CheckedConfigFiles:
+    """Mixin for a ``PeftConfig`` whose folders are checked: :meth:`save_pretrained` writes ``adapter_config.json``
+    atomically with the digest of the weights file peft wrote just before it; :meth:`from_pretrained` checks the
+    folder's weights file against the config before peft builds anything and keeps the digest for the first load."""
+
+    def keep_read_digest(self, recorded: str | None) -> None:
+        """Hold ``recorded`` (the digest a config file declares) for the tuner's first load of this config."""
+        if recorded is not None:
+            self.__dict__[_READ_DIGEST] = recorded
+
+    def pop_read_digest(self) -> str | None:
+        """The digest held by :meth:`keep_read_digest`, taken off the config (None: not read from a folder)."""
+        return self.__dict__.pop(_READ_DIGEST, None)  # type: ignore[no-any-return]
+
+    def declared_weights(self) -> int:
+        """How many weights the config's own new layers need at least (a file smaller than that is refused)."""
+        return 0
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any) -> Any:
+        """Load a config from a folder or Hub repo, after checking the folder's weights file against it.
+
+        A malformed ``adapter_config.json``, or a weights file beside it that is truncated, corrupt, from another save
+        or too small for the layers the config declares, raises an error naming the file before peft builds
+        anything. A folder holding only the config loads.
+        """
+        try:
+            config = super().from_pretrained(  # type: ignore[misc]
+                pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+            )
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"adapter_config.json at {pretrained_model_name_or_path!r} is not valid JSON ({exc})."
+            ) from exc
+        hub_kwargs = cls._split_kwargs(kwargs)[0]  # type: ignore[attr-defined]
+        folder = resolve_folder(os.fspath(pretrained_model_name_or_path), subfolder, **hub_kwargs)
+        if folder is not None and isinstance(config, CheckedConfigFiles):
+            check_folder(folder, config.__dict__.get(_READ_DIGEST), config.declared_weights())
+        return config
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Write ``adapter_config.json`` atomically, with the digest of the weights file beside it, and the model
+        card's loading note."""
+        if os.path.isfile(save_directory):
+            raise AssertionError(f"Provided path ({save_directory}) should be a directory, not a file")
+        os.makedirs(save_directory, exist_ok=True)
+        output = {k: sorted(v) if isinstance(v, set) else v for k, v in self.to_dict().items()}  # type: ignore[attr-defined]
+        if kwargs.get("auto_mapping_dict") is not None:
+            output["auto_mapping"] = kwargs["auto_mapping_dict"]
+        write_config(save_directory, output)
+
+
+class CheckedAdapterLoads:
+    """Mixin for a peft ``BaseTuner``: the first weights loaded into an adapter whose config was read from a folder
+    must have that folder's digest (a save racing the read would otherwise pair one save's config with another's
+    weights); the check lapses once the adapter is saved. Every load must hold exactly the adapter's keys."""
+
+    prefix: str
+    _pending_digests: ClassVar[Mapping[str, str]] = {}  # adapter -> digest of its next load; replaced per tuner
+
+    def hold_read_digest(self, adapter_name: str, config: Any) -> None:
+        """Take the digest ``config`` was read with (if any) for the next load into ``adapter_name``."""
+        recorded = config.pop_read_digest() if isinstance(config, CheckedConfigFiles) else None
+        if recorded:
+            self._pending_digests = {**self._pending_digests, adapter_name: recorded}  # type: ignore[misc]
+
+    @classmethod
+    def _tuner_of(cls, model: torch.nn.Module) -> Any:
+        tuner = getattr(model, "base_model", None)
+        return tuner if isinstance(tuner, CheckedAdapterLoads) else None
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: torch.nn.Module, config: Any, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Check the digest held for ``adapter_name``, then peft's remapping, then the keys."""
+        tuner = cls._tuner_of(model)
+        if tuner is not None and adapter_name in tuner._pending_digests:
+            pending = dict(tuner._pending_digests)
+            check_digest(state_dict, pending.pop(adapter_name))
+            tuner._pending_digests = pending
+        remapped: dict[str, torch.Tensor] = super()._remap_adapter_state_dict_for_load(  # type: ignore[misc]
+            model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
+        )
+        check_adapter_keys(model, adapter_name, remapped, cls.prefix)
+        return remapped
+
+    @classmethod
+    def _get_adapter_state_dict(
+        cls,
+        model: torch.nn.Module,
+        config: Any,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+        unwanted_adapter_names: list[str],
+    ) -> dict[str, torch.Tensor]:
+        """peft's selection of the adapter's weights for saving; a saved adapter owes no check to its config's
+        folder any more."""
+        tuner = cls._tuner_of(model)
+        if tuner is not None and adapter_name in tuner._pending_digests:
+            tuner._pending_digests = {k: v for k, v in tuner._pending_digests.items() if k != adapter_name}
+        return super()._get_adapter_state_dict(  # type: ignore[misc,no-any-return]
+            model=model,
+            config=config,
+            adapter_name=adapter_name,
+            state_dict=state_dict,
+            unwanted_adapter_names=unwanted_adapter_names,
+        )
+
+
+def check_adapter_keys(model: torch.nn.Module, adapter_name: str, state_dict: dict[str, Any], prefix: str) -> None:
+    """Raise a ValueError unless ``state_dict`` (peft's, remapped for loading) holds exactly the weights (attributes
+    starting with ``prefix``) and saved modules of ``adapter_name`` in ``model``: a file with a key missing or extra
+    belongs to something else."""
+    expected = set()
+    for name in model.state_dict():
+        parts = name.removeprefix("base_model.model.").split(".")
+        for i, part in enumerate(parts[:-1]):
+            if (part.startswith(prefix) or part == "modules_to_save") and parts[i + 1] == adapter_name:
+                expected.add(".".join(parts))
+                break
+    given = {k.removeprefix("base_model.model.") for k in state_dict}
+    if given != expected:
+        raise ValueError(
+            f"The FPT adapter weights do not match its config for this model: missing {_listed(expected - given)}, "
+            f"unexpected {_listed(given - expected)}. The adapter file is incomplete or belongs to another adapter "
+            "or model."
+        )
+
+
+def _listed(names: set[str], count: int = 5) -> str:
+    ordered = sorted(names)
+    return str(ordered[:count]) + (" ..." if len(ordered) > count else "")

@@ -287,27 +287,3 @@ def _batch_shape(config: Any) -> tuple[Any, ...]:
     inputs = ("features", config.input_dim) if config.input_dim else ("ids", config.input_vocab_size)
     output = None if config.output_dim is None else (config.output_tokens, config.values_per_token, config.output_dim)
     return (*inputs, output) + ((config.pad_token_id,) if config.input_vocab_size else ())
-
-
-def check_adapter_keys(model: torch.nn.Module, adapter_name: str, state_dict: dict[str, Any], prefix: str) -> None:
-    """Raise a ValueError unless ``state_dict`` (peft's, remapped for loading) holds exactly the FPT weights and
-    saved modules of ``adapter_name`` in ``model``: a file with a key missing or extra belongs to something else."""
-    expected = set()
-    for name in model.state_dict():
-        parts = name.removeprefix("base_model.model.").split(".")
-        for i, part in enumerate(parts[:-1]):
-            if (part.startswith(prefix) or part == "modules_to_save") and parts[i + 1] == adapter_name:
-                expected.add(".".join(parts))
-                break
-    given = {k.removeprefix("base_model.model.") for k in state_dict}
-    if given != expected:
-        raise ValueError(
-            f"The FPT adapter weights do not match its config for this model: missing {_listed(expected - given)}, "
-            f"unexpected {_listed(given - expected)}. The adapter file is incomplete or belongs to another adapter "
-            "or model."
-        )
-
-
-def _listed(names: set[str], count: int = 5) -> str:
-    ordered = sorted(names)
-    return str(ordered[:count]) + (" ..." if len(ordered) > count else "")

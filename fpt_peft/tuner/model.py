@@ -29,8 +29,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.utils import ModelOutput
 
-from .. import adapter_files, tuner_checks
-from .config import READ_DIGEST, FPTConfig
+from .. import tuner_checks
+from ..adapter_files import CheckedAdapterLoads
+from .config import FPTConfig
 from .discovery import POSITION_NAMES, block_list, discover, hidden_size_of, is_norm, position_capacity, text_config_of
 from .layer import FPTInputLayer, FPTLayer, FPTModuleLayer, FPTOutputLayer, FPTParameterLayer
 
@@ -64,7 +65,7 @@ class _BlockCut:
     applied: bool = False
 
 
-class FPTModel(BaseTuner):
+class FPTModel(CheckedAdapterLoads, BaseTuner):
     """Frozen Pretrained Transformer tuner (Lu et al., 2021, https://arxiv.org/abs/2103.05247).
 
     Trains layer norms, learned positional embeddings, a new input layer and an output layer of a frozen pretrained
@@ -90,7 +91,6 @@ class FPTModel(BaseTuner):
     _hook_handles: tuple[RemovableHandle, ...] = ()
     _base_pad_token_id: Any = _UNSET  # the model's own pad_token_id, restored when FPT leaves
     _position_capacity: int | None = None  # longest input the learned positions index (None: unbounded)
-    _pending_digests: dict[str, str] = {}  # noqa: RUF012 - replaced, never changed: adapter -> digest of its next load
 
     # ------------------------------------------------------------------ configuration and model preparation
     def _prepare_adapter_config(self, peft_config: FPTConfig, model_config: dict) -> FPTConfig:  # type: ignore[override]
@@ -238,11 +238,7 @@ class FPTModel(BaseTuner):
             self._add_output_layer(model, adapter_name, config)
         finally:
             self._on_meta = False
-        # A config read from a folder brings that folder's weights digest: the first load into this adapter must match
-        # it (a save racing the read would otherwise pair one save's config with another's weights).
-        recorded = self.peft_config[adapter_name].__dict__.pop(READ_DIGEST, None)
-        if recorded:
-            self._pending_digests = {**self._pending_digests, adapter_name: recorded}
+        self.hold_read_digest(adapter_name, self.peft_config[adapter_name])
         if not self._hook_handles:
             self._hook_handles = (
                 model.register_forward_pre_hook(self._map_inputs, with_kwargs=True),
@@ -399,46 +395,6 @@ class FPTModel(BaseTuner):
         inner = model.get_input_embeddings()
         inner = inner.get_base_layer() if isinstance(inner, BaseTunerLayer) else inner
         return output is not None and getattr(output, "weight", None) is getattr(inner, "weight", object())
-
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def _remap_adapter_state_dict_for_load(  # type: ignore[override]
-        cls, model: nn.Module, config: FPTConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """peft's structural remapping, then: the weights must be exactly the adapter's (no key missing or extra) and,
-        for an adapter whose config was read from a folder, have that folder's digest."""
-        tuner = getattr(model, "base_model", None)
-        if isinstance(tuner, FPTModel) and adapter_name in tuner._pending_digests:
-            pending = dict(tuner._pending_digests)
-            adapter_files.check_digest(state_dict, pending.pop(adapter_name))
-            tuner._pending_digests = pending
-        remapped: dict[str, torch.Tensor] = super()._remap_adapter_state_dict_for_load(
-            model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
-        )
-        tuner_checks.check_adapter_keys(model, adapter_name, remapped, PREFIX)
-        return remapped
-
-    @classmethod
-    def _get_adapter_state_dict(  # type: ignore[override]
-        cls,
-        model: nn.Module,
-        config: FPTConfig,
-        adapter_name: str,
-        state_dict: dict[str, torch.Tensor],
-        unwanted_adapter_names: list[str],
-    ) -> dict[str, torch.Tensor]:
-        """peft's selection of the adapter's weights for saving; a saved adapter owes no check to the folder its config
-        was read from."""
-        tuner = getattr(model, "base_model", None)
-        if isinstance(tuner, FPTModel) and adapter_name in tuner._pending_digests:
-            tuner._pending_digests = {k: v for k, v in tuner._pending_digests.items() if k != adapter_name}
-        return super()._get_adapter_state_dict(  # type: ignore[no-any-return]
-            model=model,
-            config=config,
-            adapter_name=adapter_name,
-            state_dict=state_dict,
-            unwanted_adapter_names=unwanted_adapter_names,
-        )
 
     # ------------------------------------------------------------------ forward hooks on the HF model
     # Everything a call needs travels in the call's own arguments; nothing is stored on a module.
