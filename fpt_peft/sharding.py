@@ -28,8 +28,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from .blocks import block_list
 from .checkpoints import is_adapter_key
-from .tuner.discovery import block_list
 
 Model = TypeVar("Model", bound=torch.nn.Module)
 SHARDED_STATE_DIR = "sharded"  # the folder in a checkpoint that holds the sharded adapter and optimizer state

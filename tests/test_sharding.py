@@ -25,6 +25,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from fpt_peft import FPTConfig
+from fpt_peft.blocks import block_list
 from fpt_peft.checkpoints import FAULT_ENV, is_adapter_key, latest_checkpoint
 from fpt_peft.data import load_task
 from fpt_peft.modeling import build_model
@@ -36,7 +37,6 @@ from fpt_peft.sharding import (
     save_sharded_state,
     shard_model,
 )
-from fpt_peft.tuner.discovery import block_list
 
 from .test_recipes import RECIPES, recipe_case
 from .training_utils import ROOT, load_recipe, model_batch, offline_env, quick_args, save_tiny_backbone

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+from ..blocks import text_config_of
 
 POSITION_NAMES = ("wpe", "position_embeddings", "embed_positions", "position_embedding", "pos_embed")
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -95,9 +96,8 @@ def position_capacity(model: nn.Module, position_modules: list[str]) -> int | No
 
 def hidden_size_of(model: nn.Module) -> int | None:
     """Width of the residual stream of ``model``, or None when it cannot be told."""
-    config = getattr(model, "config", None)
-    if config is not None:
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text_config = text_config_of(model)
+    if text_config is not None:
         for name in ("hidden_size", "n_embd", "d_model", "dim"):
             value = getattr(text_config, name, None)
             if isinstance(value, int):
@@ -105,22 +105,3 @@ def hidden_size_of(model: nn.Module) -> int | None:
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]
     weight = getattr(embedding, "weight", None)
     return None if weight is None else int(weight.shape[-1])
-
-
-def text_config_of(model: nn.Module) -> Any:
-    """The config that holds ``model``'s text settings (``num_hidden_layers``, ``vocab_size``)."""
-    config: Any = getattr(model, "config", None)
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The name and the list of the transformer blocks of ``model``: its one ``ModuleList`` of
-    ``config.num_hidden_layers`` modules."""
-    depth = getattr(text_config_of(model), "num_hidden_layers", None)
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n and len(m) == depth]
-    if not isinstance(depth, int) or len(found) != 1:
-        raise ValueError(
-            f"FPTConfig.num_layers: cannot tell the transformer blocks of {type(model).__name__} (looked for one "
-            f"ModuleList of config.num_hidden_layers={depth!r} modules, found {[n for n, _ in found]})."
-        )
-    return found[0]

@@ -31,8 +31,9 @@ from transformers.utils import ModelOutput
 
 from .. import tuner_checks
 from ..adapter_files import CheckedAdapterLoads
+from ..blocks import BlockCut, block_list, text_config_of
 from .config import FPTConfig
-from .discovery import POSITION_NAMES, block_list, discover, hidden_size_of, is_norm, position_capacity, text_config_of
+from .discovery import POSITION_NAMES, discover, hidden_size_of, is_norm, position_capacity
 from .layer import FPTInputLayer, FPTLayer, FPTModuleLayer, FPTOutputLayer, FPTParameterLayer
 
 logger = logging.getLogger("fpt_peft")
@@ -52,17 +53,6 @@ class FPTOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class _BlockCut:
-    """The blocks ``FPTConfig.num_layers`` takes off the model, and the config values they came with."""
-
-    blocks_name: str
-    blocks: list[nn.Module]
-    depth: int
-    layer_types: list[str] | None
-    applied: bool = False
 
 
 class FPTModel(CheckedAdapterLoads, BaseTuner):
@@ -87,7 +77,7 @@ class FPTModel(CheckedAdapterLoads, BaseTuner):
     tuner_layer_cls = FPTLayer
     target_module_mapping: dict[str, list[str]] = {}  # noqa: RUF012 - discovery is structural
     _on_meta = False  # low_cpu_mem_usage of the injection in progress
-    _cut: _BlockCut | None = None
+    _cut: BlockCut | None = None  # the blocks num_layers takes off
     _hook_handles: tuple[RemovableHandle, ...] = ()
     _base_pad_token_id: Any = _UNSET  # the model's own pad_token_id, restored when FPT leaves
     _position_capacity: int | None = None  # longest input the learned positions index (None: unbounded)
@@ -162,35 +152,13 @@ class FPTModel(CheckedAdapterLoads, BaseTuner):
 
     def _prepare_model(self, peft_config: FPTConfig, model: nn.Module) -> None:  # type: ignore[override]
         """Take the blocks after ``num_layers`` off the model (kept aside on the tuner)."""
-        cut = self._blocks_to_cut(peft_config.num_layers)
-        if not cut:
-            return
-        name, blocks = block_list(model)
-        keep = len(blocks) - len(cut)
-        self._cut = _BlockCut(
-            name, list(blocks[keep:]), len(blocks), getattr(text_config_of(model), "layer_types", None)
-        )
-        self._apply_cut(True)
+        if self._blocks_to_cut(peft_config.num_layers):
+            self._cut = BlockCut.of(model, peft_config.num_layers)  # type: ignore[arg-type]
+            self._apply_cut(True)
 
     def _apply_cut(self, cut: bool) -> None:
-        """Take the cut blocks off the model (``cut``) or put them back, with the config's layer count."""
-        state = self._cut
-        if state is None or state.applied == cut:
-            return
-        blocks: Any = self.model.get_submodule(state.blocks_name)
-        text_config = text_config_of(self.model)
-        keep = state.depth - len(state.blocks)
-        if cut:
-            del blocks[keep:]
-        else:
-            # the model may have moved or switched mode while the blocks were off it; they are frozen base weights
-            reference = next(p for p in blocks.parameters() if p.is_floating_point())
-            moved = [b.to(device=reference.device, dtype=reference.dtype) for b in state.blocks]
-            blocks.extend(b.train(self.model.training).requires_grad_(False) for b in moved)
-        text_config.num_hidden_layers = keep if cut else state.depth
-        if isinstance(state.layer_types, list):
-            text_config.layer_types = state.layer_types[:keep] if cut else state.layer_types
-        state.applied = cut
+        if self._cut is not None:
+            self._cut.apply(self.model, cut)
 
     # ------------------------------------------------------------------ injection
     def _create_and_replace(  # type: ignore[override]
