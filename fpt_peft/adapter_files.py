@@ -9,13 +9,14 @@ keys). The digest lives in the folder's ``adapter_config.json``, never in a conf
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -236,35 +237,48 @@ class CheckedConfigFiles:
         write_config(save_directory, output)
 
 
+LoadCheck = Callable[[Mapping[str, torch.Tensor]], None]
+"""A check of the weights an adapter loads (raises when they must not be loaded)."""
+
+
 class CheckedAdapterLoads:
-    """Mixin for a peft ``BaseTuner``: the first weights loaded into an adapter whose config was read from a folder
-    must have that folder's digest (a save racing the read would otherwise pair one save's config with another's
-    weights); the check lapses once the adapter is saved. Every load must hold exactly the adapter's keys."""
+    """Mixin for a peft ``BaseTuner``: checks held for the next weights loaded into an adapter run on those weights,
+    and lapse once the adapter is saved. The first is the digest of an adapter whose config was read from a folder (a
+    save racing the read would otherwise pair one save's config with another's weights). Every load must hold exactly
+    the adapter's keys."""
 
     prefix: str
-    _pending_digests: ClassVar[Mapping[str, str]] = {}  # adapter -> digest of its next load; replaced per tuner
+    _pending_load_checks: Mapping[str, tuple[LoadCheck, ...]] = {}  # adapter -> its checks; replaced, never changed
+
+    def check_next_load(self, adapter_name: str, check: LoadCheck) -> None:
+        """Run ``check`` on the weights next loaded into ``adapter_name`` (unless it is saved first)."""
+        pending = dict(self._pending_load_checks)
+        pending[adapter_name] = (*pending.get(adapter_name, ()), check)
+        self._pending_load_checks = pending
 
     def hold_read_digest(self, adapter_name: str, config: Any) -> None:
-        """Take the digest ``config`` was read with (if any) for the next load into ``adapter_name``."""
+        """Check the digest ``config`` was read with (if any) on the next load into ``adapter_name``."""
         recorded = config.pop_read_digest() if isinstance(config, CheckedConfigFiles) else None
         if recorded:
-            self._pending_digests = {**self._pending_digests, adapter_name: recorded}  # type: ignore[misc]
+            self.check_next_load(adapter_name, functools.partial(check_digest, recorded=recorded))
 
     @classmethod
-    def _tuner_of(cls, model: torch.nn.Module) -> Any:
+    def _take_load_checks(cls, model: torch.nn.Module, adapter_name: str) -> tuple[LoadCheck, ...]:
         tuner = getattr(model, "base_model", None)
-        return tuner if isinstance(tuner, CheckedAdapterLoads) else None
+        if not isinstance(tuner, CheckedAdapterLoads) or adapter_name not in tuner._pending_load_checks:
+            return ()
+        pending = dict(tuner._pending_load_checks)
+        checks = pending.pop(adapter_name)
+        tuner._pending_load_checks = pending
+        return checks
 
     @classmethod
     def _remap_adapter_state_dict_for_load(
         cls, model: torch.nn.Module, config: Any, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """Check the digest held for ``adapter_name``, then peft's remapping, then the keys."""
-        tuner = cls._tuner_of(model)
-        if tuner is not None and adapter_name in tuner._pending_digests:
-            pending = dict(tuner._pending_digests)
-            check_digest(state_dict, pending.pop(adapter_name))
-            tuner._pending_digests = pending
+        """The checks held for ``adapter_name``, then peft's remapping, then the keys."""
+        for check in cls._take_load_checks(model, adapter_name):
+            check(state_dict)
         remapped: dict[str, torch.Tensor] = super()._remap_adapter_state_dict_for_load(  # type: ignore[misc]
             model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
         )
@@ -281,10 +295,8 @@ class CheckedAdapterLoads:
         unwanted_adapter_names: list[str],
     ) -> dict[str, torch.Tensor]:
         """peft's selection of the adapter's weights for saving; a saved adapter owes no check to its config's
-        folder any more."""
-        tuner = cls._tuner_of(model)
-        if tuner is not None and adapter_name in tuner._pending_digests:
-            tuner._pending_digests = {k: v for k, v in tuner._pending_digests.items() if k != adapter_name}
+        folder or base any more."""
+        cls._take_load_checks(model, adapter_name)
         return super()._get_adapter_state_dict(  # type: ignore[misc,no-any-return]
             model=model,
             config=config,

@@ -199,5 +199,7 @@ def build_model(
         input_dropout=input_dropout,
         embedding_init=embedding_init,
         modules_to_save=extra or None,
+        base_init=init,
+        base_init_seed=seed if init == "random" else None,
     )
     return get_peft_model(backbone, config)  # type: ignore[return-value]

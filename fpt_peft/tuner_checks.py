@@ -9,6 +9,7 @@ import inspect
 import math
 import os
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -84,6 +85,18 @@ def check_config(self: Any, weights_sha256: object = None) -> None:
                 raise ValueError(f"FPTConfig.{name} is not a valid regular expression ({exc}): {value!r}.") from exc
         elif value is not None:
             setattr(self, name, _names(name, value, allow_empty=name != "target_modules"))
+    if self.base_init not in (None, "pretrained", "random"):
+        raise ValueError(f"FPTConfig.base_init must be 'pretrained', 'random' or None, got {self.base_init!r}.")
+    seed = self.base_init_seed
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**64):
+        raise ValueError(f"FPTConfig.base_init_seed must be an int in [0, 2**64) or None, got {seed!r}.")
+    sample = self.base_fingerprint
+    if sample is not None and not (
+        isinstance(sample, list)
+        and len(sample) <= 64
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in sample)
+    ):
+        raise ValueError(f"FPTConfig.base_fingerprint must be a list of at most 64 finite numbers, got {sample!r}.")
     for qualified in self.position_parameters or []:
         if not _QUALIFIED_PARAMETER.fullmatch(qualified):
             raise ValueError(
@@ -158,6 +171,32 @@ def check_model_fits(config: Any, model: torch.nn.Module, hidden: int | None, mo
             f"FPTConfig.output_dim adds an output layer on top of a backbone, but {name} already has a task head. "
             "Load the backbone with AutoModel, or use task_type='SEQ_CLS' without output_dim."
         )
+
+
+def check_base_fingerprint(config: Any, recorded: list[float] | None, found: list[float] | None, name: str) -> None:
+    """Refuse (a random base) or warn (any other) when the frozen weights of the base model ``name`` (sampled:
+    ``found``) differ from those the adapter of ``config`` was trained on (``recorded``): it computes something else
+    on this base. Differences of a dtype change (bf16 rounding) pass."""
+    if recorded is None or found is None:
+        return
+    same = len(recorded) == len(found) and all(
+        math.isclose(a, b, rel_tol=2e-2, abs_tol=1e-3) for a, b in zip(recorded, found, strict=True)
+    )
+    if same:
+        return
+    if config.base_init == "random":
+        seed = config.base_init_seed
+        how = f"load_backbone(..., init='random', seed={seed})" if seed is not None else "no recorded seed"
+        raise ValueError(
+            f"This FPT adapter was trained on a randomly initialised {config.base_model_type or name} "
+            f"({how}); the {name} it is loaded onto has other frozen weights, so it would compute something else. "
+            + ("Load the base with that seed." if seed is not None else "The run that trained it cannot be rebuilt.")
+        )
+    message = (
+        f"This FPT adapter was trained on a base whose frozen weights differ from those of the {name} it is loaded "
+        f"onto (base_model_name_or_path={config.base_model_name_or_path!r}): its outputs will differ from training."
+    )
+    warnings.warn(message, UserWarning, stacklevel=2)
 
 
 def check_position_parameters(config: Any, model: torch.nn.Module) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -105,3 +106,25 @@ def hidden_size_of(model: nn.Module) -> int | None:
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]
     weight = getattr(embedding, "weight", None)
     return None if weight is None else int(weight.shape[-1])
+
+
+def base_fingerprint(model: nn.Module, tensors: int = 2, values: int = 8) -> list[float] | None:
+    """``values`` evenly spaced values of each of the first ``tensors`` frozen base matrices of ``model``, those of the
+    first transformer block first (the weights an FPT adapter computes with; never cut), by name with adapter
+    wrappers left out (wrapping does not change the choice) and positions left out (merging writes into them); None
+    when they cannot be read (meta or sharded weights)."""
+    chosen = []
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        if param.dim() < 2 or any(p.startswith("fpt_") or p in ("modules_to_save", *POSITION_NAMES) for p in parts):
+            continue
+        if param.device.type == "meta" or type(param.data) is not torch.Tensor:
+            return None
+        chosen.append((".".join(p for p in parts if p != "base_layer"), param))
+    sample: list[float] = []
+    first_block = re.compile(r"(^|\.)0\.")
+    for _, param in sorted(chosen, key=lambda item: (not first_block.search(item[0]), item[0]))[:tensors]:
+        flat = param.detach().reshape(-1)
+        index = torch.linspace(0, flat.numel() - 1, values).long().to(flat.device)
+        sample += [float(f"{v:.6g}") for v in flat[index].float().cpu().tolist()]
+    return sample or None

@@ -33,7 +33,7 @@ from .. import tuner_checks
 from ..adapter_files import CheckedAdapterLoads
 from ..blocks import BlockCut, block_list, text_config_of
 from .config import FPTConfig
-from .discovery import POSITION_NAMES, discover, hidden_size_of, is_norm, position_capacity
+from .discovery import POSITION_NAMES, base_fingerprint, discover, hidden_size_of, is_norm, position_capacity
 from .layer import FPTInputLayer, FPTLayer, FPTModuleLayer, FPTOutputLayer, FPTParameterLayer
 
 logger = logging.getLogger("fpt_peft")
@@ -191,6 +191,8 @@ class FPTModel(CheckedAdapterLoads, BaseTuner):
     ) -> None:
         """Inject norms and positions through peft, then add the parameter, input and output layers and the hooks."""
         self._on_meta = low_cpu_mem_usage
+        config: Any = self.peft_config[adapter_name]
+        recorded, found = config.base_fingerprint, base_fingerprint(model)
         try:
             super().inject_adapter(
                 model,
@@ -199,14 +201,18 @@ class FPTModel(CheckedAdapterLoads, BaseTuner):
                 low_cpu_mem_usage=low_cpu_mem_usage,
                 state_dict=state_dict,
             )
-            config = self.peft_config[adapter_name]
-            assert isinstance(config, FPTConfig)
             self._add_parameter_layers(model, adapter_name, config)
             self._add_input_layer(model, adapter_name, config)
             self._add_output_layer(model, adapter_name, config)
         finally:
             self._on_meta = False
-        self.hold_read_digest(adapter_name, self.peft_config[adapter_name])
+        self.hold_read_digest(adapter_name, config)
+        # The adapter now describes this base; weights loaded next were trained on the base recorded before.
+        config.base_fingerprint = found or recorded
+        if recorded != config.base_fingerprint:
+            name = type(model).__name__
+            check = functools.partial(tuner_checks.check_base_fingerprint, config, recorded, found, name)
+            self.check_next_load(adapter_name, lambda _weights: check())
         if not self._hook_handles:
             self._hook_handles = (
                 model.register_forward_pre_hook(self._map_inputs, with_kwargs=True),
