@@ -173,10 +173,13 @@ def check_model_fits(config: Any, model: torch.nn.Module, hidden: int | None, mo
         )
 
 
-def check_base_fingerprint(config: Any, recorded: list[float] | None, found: list[float] | None, name: str) -> None:
+def check_base_fingerprint(
+    config: Any, recorded: list[float] | None, found: list[float] | None, name: str, weights: object = None
+) -> None:
     """Refuse (a random base) or warn (any other) when the frozen weights of the base model ``name`` (sampled:
     ``found``) differ from those the adapter of ``config`` was trained on (``recorded``): it computes something else
-    on this base. Differences of a dtype change (bf16 rounding) pass."""
+    on this base. Differences of a dtype change (bf16 rounding) pass. ``weights``, the adapter weights being loaded,
+    are not needed: the check is of the base."""
     if recorded is None or found is None:
         return
     same = len(recorded) == len(found) and all(

@@ -211,8 +211,9 @@ class FPTModel(CheckedAdapterLoads, BaseTuner):
         config.base_fingerprint = found or recorded
         if recorded != config.base_fingerprint:
             name = type(model).__name__
-            check = functools.partial(tuner_checks.check_base_fingerprint, config, recorded, found, name)
-            self.check_next_load(adapter_name, lambda _weights: check())
+            self.check_next_load(
+                adapter_name, functools.partial(tuner_checks.check_base_fingerprint, config, recorded, found, name)
+            )
         if not self._hook_handles:
             self._hook_handles = (
                 model.register_forward_pre_hook(self._map_inputs, with_kwargs=True),
