@@ -78,7 +78,26 @@ class TrainingArguments:
             "help": "Mixed precision (Accelerate; default: the accelerate config's or launch flag's, else no).",
         },
     )
-    eval_every: int = field(default=200, metadata={"help": "Evaluate every N steps (0: only at the end)."})
+    eval_every: int = field(
+        default=200, metadata={"help": "Evaluate on the validation split every N steps (0: only at the end)."}
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Fraction of the training data held out (stratified) to choose the step to keep, when the task "
+            "has no validation split; 0: none (then the eval split is scored as training goes, and chooses nothing)."
+        },
+    )
+    keep: str = field(
+        default="best",
+        metadata={
+            "choices": ("best", "last"),
+            "help": "The adapter saved and scored on the eval split: the best validation step's, or the last step's.",
+        },
+    )
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "Stop after N evaluations without a better validation score (0: never)."}
+    )
     log_every: int = field(default=50, metadata={"help": "Log the training loss every N steps."})
     save_every: int = field(default=500, metadata={"help": "Checkpoint every N steps (and at the end; 0: end only)."})
     keep_checkpoints: int = field(default=2, metadata={"help": "How many most recent checkpoints to keep."})
@@ -111,9 +130,11 @@ class TrainingArguments:
         for name in ("batch_size", "max_steps", "gradient_accumulation_steps", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}.")
-        for name in ("warmup_steps", "eval_every", "save_every", "num_workers"):
+        for name in ("warmup_steps", "eval_every", "save_every", "num_workers", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"--validation-fraction must be in [0, 1), got {self.validation_fraction}.")
         if not 0.0 <= self.input_dropout < 1.0:
             raise ValueError(f"--input-dropout must be in [0, 1), got {self.input_dropout}.")
         if self.num_layers is not None and self.num_layers < 1:

@@ -42,12 +42,16 @@ def adapter_card(
     setup: Mapping[str, Any],
     command: str | None = None,
     preset: PresetReport | None = None,
+    data_name: str | None = None,
+    data_description: str | None = None,
 ) -> ModelCard:
     """The card of an adapter trained on ``task`` on ``base_model`` (a Hub id, or None for random weights).
 
     ``dataset`` is the Hub dataset id (None for generated or local data), ``metrics`` the final evaluation,
     ``setup`` the training options worth reporting, ``command`` the command that trained it (default: this process's),
     ``preset`` the recipe's ``--preset`` and where the set-up differs from the paper's (none: not reported).
+    ``data_name`` names local data (a file or folder name, never a path; the card then calls it neither a Hub dataset
+    nor generated) and ``data_description`` says what the data is (kind, shapes, classes, tokens), in a "Data" section.
     """
     scores = {k: float(v) for k, v in metrics.items() if k in _METRIC_NAMES}
     name = f"fpt-{task.replace('_', '-')}"
@@ -63,7 +67,7 @@ def adapter_card(
                 task_type="classification",
                 task_name=task,
                 dataset_type=dataset or task,
-                dataset_name=dataset or f"{task} (generated)",
+                dataset_name=dataset or (f"{data_name} (local)" if data_name else f"{task} (generated)"),
                 metric_type=metric,
                 metric_name=_METRIC_NAMES[metric],
                 metric_value=round(value, 4),
@@ -93,10 +97,10 @@ output layer were trained (as the set-up below says), with fpt-peft, which makes
 | option | value |
 |---|---|
 {options}
-{_against_paper(preset)}
+{_against_paper(preset)}{_data(data_description)}
 ## Results
 
-Evaluation at the end of training{f" on `{dataset}`" if dataset else ""}:
+Evaluation at the end of training{f" on `{dataset or data_name}`" if dataset or data_name else ""}:
 
 | metric | value |
 |---|---|
@@ -117,6 +121,10 @@ def _against_paper(preset: PresetReport | None) -> str:
         return f"\nPreset `{preset.preset}`: the set-up of the paper (Lu et al., 2021) and its official code.\n"
     items = "\n".join(f"- {d}" for d in preset.differences)
     return f"\nPreset `{preset.preset}`; the set-up differs from the paper's (Lu et al., 2021) in:\n\n{items}\n"
+
+
+def _data(description: str | None) -> str:
+    return f"\n## Data\n\n{description}\n" if description else ""
 
 
 def _loading(base_model: str | None) -> str:

@@ -12,8 +12,8 @@ The experiment's own choices, which the paper varies too (``--init random``, ``-
 switches, ``--seed``), are not differences; nor are the evaluation and checkpoint cadence.
 
 Only ``bit_xor``, ``bit_memory``, ``listops``, ``mnist``, ``cifar10``, ``cifar10_lra`` and ``homology`` are tasks of
-the paper; ``--preset paper`` is refused elsewhere (``digits``, ``time_series``), since there is no paper set-up to
-reproduce there.
+the paper; ``--preset paper`` is refused elsewhere (``digits``, ``time_series``, ``own_data``), since there is no paper
+set-up to reproduce there.
 """
 
 from __future__ import annotations
@@ -25,7 +25,16 @@ from typing import Any
 
 PRESETS = ("default", "paper")
 
-CONTINUOUS_RECIPES = ("bit_xor", "bit_memory", "mnist", "cifar10", "cifar10_lra", "digits", "time_series")
+CONTINUOUS_RECIPES = (
+    "bit_xor",
+    "bit_memory",
+    "mnist",
+    "cifar10",
+    "cifar10_lra",
+    "digits",
+    "time_series",
+    "own_data",
+)
 SYMBOLIC_RECIPES = ("listops", "homology")  # symbols enter through a new embedding (FPTConfig.input_vocab_size)
 
 _UNSET = object()  # a paper value no flag default can give (e.g. LRA's ListOps files: the user's --data-dir)

@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from .metrics import load_metric
 from .model_card import adapter_card, is_hub_id
 from .modeling import build_model
 from .presets import PresetReport
+from .selection import BestStep, with_validation
 from .sharding import (
     SHARDED_STATE_DIR,
     ShardingOptions,
@@ -134,8 +136,8 @@ def evaluate_model(
     return result
 
 
-def _describe_size(train: Any) -> str:
-    return "endless" if isinstance(train, IterableDataset) else str(len(train))
+def _describe_size(split: Any) -> str:
+    return "endless" if isinstance(split, IterableDataset) else "no" if split is None else str(len(split))
 
 
 def _stream_batches(
@@ -192,6 +194,9 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     output_dir = Path(args.output_dir or f"outputs/{spec.name}")
     check_task_data(task)
     check_output_dir(args, output_dir)
+    task = with_validation(task, args.validation_fraction, args.seed)
+    if args.early_stopping_patience and task.validation is None:
+        raise ValueError("--early-stopping-patience needs a validation split: pass --validation-fraction above 0.")
 
     sharding = requested_sharding()  # before Accelerator, which fails on CPU for an FSDP1 config
     accelerator = Accelerator(
@@ -204,6 +209,11 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     )
     if preset is not None:
         accelerator.print(preset.line())
+    if sharding is not None and task.validation is not None and args.keep == "best":
+        raise ValueError(
+            "--keep best copies the trainable weights of the best validation step, which FSDP sharding splits "
+            "between the processes; pass --keep last (or --validation-fraction 0) with a sharded run."
+        )
     set_seed(args.seed)
     model = build_model(spec, args.model, seed=args.seed, **args.model_options())
     _check_outputs(accelerator, args, model, output_dir, spec.metric)
@@ -226,7 +236,11 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
         train_loader = DataLoader(
             task.train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_options
         )
-    eval_loader = DataLoader(task.eval, batch_size=args.eval_batch_size or args.batch_size, **loader_options)
+    eval_batch = args.eval_batch_size or args.batch_size
+    eval_loader = DataLoader(task.eval, batch_size=eval_batch, **loader_options)
+    validation_loader = None
+    if task.validation is not None:
+        validation_loader = DataLoader(task.validation, batch_size=eval_batch, **loader_options)
     optimizer = torch.optim.Adam(
         trainable,
         lr=args.learning_rate,
@@ -239,13 +253,14 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     scheduler = get_scheduler(
         schedule, optimizer, num_warmup_steps=args.warmup_steps * n, num_training_steps=args.max_steps * n
     )
-    loaders = [eval_loader] if train_loader is None else [eval_loader, train_loader]
+    loaders = [eval_loader, validation_loader, train_loader]
+    ready = [loader for loader in loaders if loader is not None]
     if sharding is None:
-        model, optimizer, scheduler, *loaders = accelerator.prepare(model, optimizer, scheduler, *loaders)
+        model, optimizer, scheduler, *ready = accelerator.prepare(model, optimizer, scheduler, *ready)
     else:  # sharded already; its adapter and optimizer state go into checkpoints through save_sharded_state
-        scheduler, *loaders = accelerator.prepare(scheduler, *loaders)
-    eval_loader, *rest = loaders
-    train_loader = rest[0] if rest else None
+        scheduler, *ready = accelerator.prepare(scheduler, *ready)
+    prepared = [None if x is None else ready.pop(0) for x in loaders]
+    eval_loader, validation_loader, train_loader = typing.cast(DataLoader, prepared[0]), prepared[1], prepared[2]
     if train_loader is not None and len(train_loader) == 0:
         raise ValueError(
             f"The train split has {_describe_size(task.train)} examples, fewer than one batch of {args.batch_size} "
@@ -253,7 +268,9 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
         )
 
     progress = TrainingProgress(num_processes=n)
+    best = BestStep()
     accelerator.register_for_checkpointing(progress)
+    accelerator.register_for_checkpointing(best)
     save_more = load_more = None
     if sharding is None:
         install_adapter_state_hooks(accelerator)
@@ -278,13 +295,16 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     if args.log_with:
         accelerator.init_trackers(spec.name, config=_tracker_config(args, task))
     accelerator.print(
-        f"{spec.name}: {_describe_size(task.train)} train / {len(task.eval)} eval examples | --model {args.model} "
+        f"{spec.name}: {_describe_size(task.train)} train / {_describe_size(task.validation)} validation / "
+        f"{len(task.eval)} eval examples | --model {args.model} "
         f"({args.init}, {args.finetune}) | trainable {sum(p.numel() for p in trainable):,} of {total:,} parameters | "
         f"{n} process(es) on {accelerator.device}{_describe_sharding(sharding)} | {output_dir}"
     )
 
     metrics: dict[str, float] = {}
     evaluated_at = -1
+    stop = False
+    keep_weights = args.keep == "best"
     running_loss = torch.zeros((), device=accelerator.device)
     running_count = 0
     # The first optimizer step (0: none yet) whose batch had non-finite inputs, whose loss was non-finite, whose
@@ -301,7 +321,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     )
     model.train()
     try:
-        while progress.step < args.max_steps:
+        while progress.step < args.max_steps and not stop:
             if stream is not None:  # endless: this loop never reaches its else
                 epoch_loader: typing.Iterable[dict[str, torch.Tensor]] = _stream_batches(
                     stream, args, accelerator, progress.batch
@@ -353,14 +373,24 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
                     running_count = 0
                     bar.set_postfix(loss=f"{train_loss:.4f}")
                     accelerator.log({"train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}, step=step)
-                if evaluates:
+                if evaluates and validation_loader is None:  # no held-out data: the eval split, for the record only
                     metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
                     evaluated_at = step
                     accelerator.log({f"eval_{k}" if k != "eval_loss" else k: v for k, v in metrics.items()}, step=step)
                     accelerator.print(_describe(step, metrics))
-                if saves:
+                elif evaluates:
+                    assert validation_loader is not None
+                    held = evaluate_model(model, validation_loader, accelerator, spec.metric, keys)
+                    best.update(step, held[spec.metric], held["eval_loss"], trainable, keep_weights)
+                    accelerator.log({f"validation_{k.removeprefix('eval_')}": v for k, v in held.items()}, step=step)
+                    accelerator.print(_describe(step, held, "validation "))
+                    patience = args.early_stopping_patience
+                    stop = bool(patience) and best.evaluations_since >= patience
+                    if stop:
+                        accelerator.print(f"Early stop at step {step}: {patience} evaluations without a better one.")
+                if saves or stop:
                     save_checkpoint(accelerator, checkpoints, step, args.keep_checkpoints, save_more)
-                if step >= args.max_steps:
+                if step >= args.max_steps or stop:
                     break
             else:
                 progress.epoch += 1
@@ -368,7 +398,9 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     finally:
         bar.close()
 
-    if evaluated_at != progress.step:  # e.g. resumed from the final checkpoint
+    if validation_loader is not None:
+        metrics = _score_kept_step(model, trainable, best, args.keep, progress.step, eval_loader, accelerator, spec)
+    elif evaluated_at != progress.step:  # e.g. resumed from the final checkpoint
         metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
         accelerator.print(_describe(progress.step, metrics))
     metrics["step"] = progress.step
@@ -550,10 +582,12 @@ def _save_adapter(
         card = adapter_card(
             task=task.spec.name,
             base_model=base or None,
-            dataset=task.source if is_hub_id(task.source) else None,
+            dataset=task.source if is_hub_id(task.source) and not task.local_source else None,
             metrics=metrics,
             setup=_card_setup(args, accelerator, is_sharded(model)),
             preset=preset,
+            data_name=task.source if task.local_source else None,
+            data_description=task.description,
         )
         labels = None
         if task.label_names is not None:
@@ -627,5 +661,28 @@ def _describe_sharding(sharding: ShardingOptions | None) -> str:
     return ", sharded (FSDP2" + "".join(f", {e}" for e in extras) + ")"
 
 
-def _describe(step: int, metrics: dict[str, float]) -> str:
-    return f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+def _score_kept_step(
+    model: torch.nn.Module,
+    trainable: Sequence[torch.Tensor],
+    best: BestStep,
+    keep: str,
+    step: int,
+    eval_loader: DataLoader,
+    accelerator: Accelerator,
+    spec: Any,
+) -> dict[str, float]:
+    """Put back the best validation step's weights (``keep="best"``), then score the eval split once, there: its
+    metrics with ``kept_step`` and the kept step's ``validation_<metric>`` and ``validation_loss``."""
+    kept = best.step if keep == "best" and best.weights is not None else step
+    if kept != step:
+        best.restore(trainable)
+    metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, model_inputs(spec))
+    if kept == best.step:
+        metrics.update({f"validation_{spec.metric}": best.score, "validation_loss": best.loss})
+    metrics["kept_step"] = kept
+    accelerator.print(f"Kept step {kept} ({keep}); eval split scored once, there. " + _describe(kept, metrics))
+    return metrics
+
+
+def _describe(step: int, metrics: dict[str, float], split: str = "") -> str:
+    return f"{split}step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())

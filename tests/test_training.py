@@ -322,10 +322,11 @@ def test_a_stream_trains_a_fresh_batch_each_step_and_resumes_bit_identically(tin
     assert torch.equal(torch.stack(seen), expected)  # batch k is examples 8k .. 8k+7 of the stream
 
     straight = tmp_path / "straight"
-    run(task, tiny, straight, max_steps=6, save_every=3)
+    last = {"save_every": 3, "keep": "last"}  # the runs' evaluation steps differ (3 and 6 vs 6): keep the last
+    run(task, tiny, straight, max_steps=6, **last)
     stopped = tmp_path / "stopped"
-    run(task, tiny, stopped, max_steps=3, save_every=3)
-    resumed = run(task, tiny, stopped, max_steps=6, save_every=3, resume=True)
+    run(task, tiny, stopped, max_steps=3, **last)
+    resumed = run(task, tiny, stopped, max_steps=6, resume=True, **last)
     assert resumed["step"] == 6
     a = load_file(str(straight / "adapter/adapter_model.safetensors"))
     b = load_file(str(stopped / "adapter/adapter_model.safetensors"))
@@ -340,4 +341,7 @@ def test_an_iterable_dataset_without_for_loader_is_refused(tiny: str, tmp_path: 
 
     task = load_task("bit_xor", num_train=None, num_eval=8, n_bits=5, patch_size=5, stream=True)
     with pytest.raises(TypeError, match="without for_loader"):
-        run(TaskData(spec=task.spec, train=Plain(), eval=task.eval), tiny, tmp_path / "plain", max_steps=1)
+        plain = TaskData(spec=task.spec, train=Plain(), eval=task.eval)
+        run(plain, tiny, tmp_path / "plain", max_steps=1, validation_fraction=0.0)
+    with pytest.raises(ValueError, match="without held_out"):  # no validation examples can be drawn from it
+        run(plain, tiny, tmp_path / "plain", max_steps=1)

@@ -28,6 +28,18 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
     return int(value)
 
 
+def stratified_split(labels: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (sorted) of the examples left and of ``count`` examples held out, every class in proportion for
+    one label per example (evenly spaced picks from a seeded permutation sorted by label), at random otherwise."""
+    size = len(labels)
+    order = np.random.default_rng(seed).permutation(size)
+    if labels.ndim == 1:
+        order = order[np.argsort(labels[order], kind="stable")]
+    picked = np.zeros(size, dtype=bool)
+    picked[np.round(np.linspace(0, size - 1, count)).astype(int)] = True
+    return np.sort(order[~picked]), np.sort(order[picked])
+
+
 def continuous_dataset(inputs: np.ndarray, labels: np.ndarray) -> datasets.Dataset:
     """In-memory dataset with ``inputs_embeds`` (float32, (N, tokens, dim)) and int64 ``labels``."""
     _, tokens, dim = inputs.shape

@@ -34,7 +34,7 @@ from ._common import check_int, continuous_dataset
 from .spec import TaskData, TaskSpec
 
 BIT_VALUES = ("pm1", "01")  # bits fed as -1/+1 (bit memory, the default) or as 0/1 (the official bit XOR)
-_TRAIN, _EVAL = 0, 1  # stream ids of the per-example generators
+_TRAIN, _EVAL, _VALIDATION = 0, 1, 2  # stream ids of the per-example generators
 
 
 def _rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -106,7 +106,8 @@ Examples = XorExamples | MemoryExamples
 
 
 def example_rng(seed: int, index: int, stream: int = _TRAIN) -> np.random.Generator:
-    """The generator of example ``index`` of a :class:`BitStream` of ``seed`` (``stream``: 0 train, 1 eval)."""
+    """The generator of example ``index`` of a :class:`BitStream` of ``seed`` (``stream``: 0 train, 1 eval, 2
+    validation)."""
     return np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
 
 
@@ -165,6 +166,11 @@ class BitStream(IterableDataset):
         inputs, labels = self.examples(example_rng(self.seed, index), 1)
         return {"inputs_embeds": torch.from_numpy(inputs[0]), "labels": torch.from_numpy(labels[0])}
 
+    def held_out(self, size: int) -> datasets.Dataset:
+        """``size`` examples of the stream's validation stream: fresh examples neither trained on nor evaluated."""
+        check_int("size", size)
+        return continuous_dataset(*_eval_split(self.examples, self.seed, size, _VALIDATION))
+
     def block_indices(self, k: int) -> range:
         """The stream indices of the examples in this consumer's block ``k`` (0-based, after ``start``)."""
         block = (self.start + k) * self.num_shards + self.shard_index
@@ -180,9 +186,10 @@ class BitStream(IterableDataset):
             k += workers
 
 
-def _eval_split(examples: Examples, seed: int, num_eval: int) -> tuple[np.ndarray, np.ndarray]:
-    """``num_eval`` examples drawn one by one as the stream draws them, from the eval stream of ``seed``."""
-    drawn = [examples(example_rng(seed, i, _EVAL), 1) for i in range(num_eval)]
+def _eval_split(examples: Examples, seed: int, num_eval: int, stream: int = _EVAL) -> tuple[np.ndarray, np.ndarray]:
+    """``num_eval`` examples drawn one by one as the stream draws them, from the eval (or ``stream``) stream of
+    ``seed``."""
+    drawn = [examples(example_rng(seed, i, stream), 1) for i in range(num_eval)]
     return np.concatenate([x for x, _ in drawn]), np.concatenate([y for _, y in drawn])
 
 

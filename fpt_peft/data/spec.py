@@ -97,7 +97,7 @@ class TaskSpec:
 
 @dataclass
 class TaskData:
-    """A task's spec with its train split and its evaluation (test or validation) split.
+    """A task's spec with its train split, its evaluation (test) split and, where it has one, a validation split.
 
     The train split is a ``datasets.Dataset``, or an endless ``torch.utils.data.IterableDataset`` of fresh examples
     (the bit tasks with ``stream=True``: :class:`~fpt_peft.data.bits.BitStream`); the eval split is always finite.
@@ -110,3 +110,9 @@ class TaskData:
     """Where the data came from: a Hub dataset id or a local folder (None: generated)."""
     label_names: tuple[str, ...] | None = None
     """The class names of label ids 0, 1, ... where the data has names (saved beside the adapter as labels.json)."""
+    local_source: bool = False
+    """True when ``source`` names local data by its file or folder name (never a machine path), not a Hub id."""
+    description: str | None = None
+    """The data in one phrase for the model card: its kind, shapes, classes and tokens (set by ``own_data``)."""
+    validation: datasets.Dataset | None = None
+    """Held-out data for choosing what to keep (the step, the rate); None: carved from train by the training loop."""

@@ -28,8 +28,8 @@ layout) or, where the network allows, is downloaded by aeon. The archive's own t
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -65,11 +65,32 @@ def load_archive(name: str, split: str, data_dir: str | os.PathLike[str] | None 
             f"Offline, aeon bundles {', '.join(BUNDLED)} and a few more; other UCR/UEA datasets need a folder of "
             ".ts files (--data-dir) or network access."
         ) from exc
+    return _checked(X, y, f"dataset={name!r}, {split}")
+
+
+def read_ts_file(path: str | os.PathLike[str]) -> tuple[list, np.ndarray]:
+    """One ``.ts`` file of a classification problem (any name, e.g. ``heart_TRAIN.ts``), checked as
+    :func:`load_archive` checks an archive split: float32 ``(channels, length)`` arrays and the labels as strings."""
+    try:
+        from aeon.datasets import load_from_ts_file
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError("Reading .ts files needs aeon: pip install 'fpt-peft[timeseries]'.") from exc
+    name = os.path.basename(os.fspath(path))
+    try:
+        X, y = load_from_ts_file(os.fspath(path))
+    except (OSError, ValueError, IndexError) as exc:  # aeon: a malformed header or data line
+        raise ValueError(f"{name}: not a readable .ts classification file ({type(exc).__name__}: {exc}).") from exc
+    if y is None or len(y) != len(X):
+        raise ValueError(f"{name}: expected a class label after every series (@classLabel true), found none.")
+    return _checked(X, y, name)
+
+
+def _checked(X: Iterable[Any], y: Any, where: str) -> tuple[list, np.ndarray]:
     series = [np.asarray(x, dtype=np.float32) for x in X]
     for i, x in enumerate(series):
         if x.ndim != 2 or not np.isfinite(x).all():
             raise ValueError(
-                f"dataset={name!r}, {split} example {i}: expected a finite (channels, length) series, got shape "
+                f"{where} example {i}: expected a finite (channels, length) series, got shape "
                 f"{x.shape}{' with missing values' if x.ndim == 2 else ''}."
             )
     return series, np.asarray(y).astype(str)
@@ -107,7 +128,8 @@ def series_tokens(series: np.ndarray, patch_len: int, stride: int, channels: Cha
     raise ValueError(f"channels must be 'mix' or 'separate', got {channels!r}.")
 
 
-def _label_order(labels: Sequence[str]) -> list[str]:
+def label_order(labels: Sequence[str]) -> list[str]:
+    """The distinct labels as strings, in numeric order where they are all numbers, else in text order."""
     names = sorted({str(label) for label in labels})
     try:
         return sorted(names, key=float)
@@ -154,7 +176,7 @@ def time_series(
     widths = {x.shape[0] for x in train_x + test_x}
     if len(widths) != 1:
         raise ValueError(f"dataset={dataset!r}: series have different numbers of channels {sorted(widths)}.")
-    names = _label_order(list(train_y))
+    names = label_order(list(train_y))
     unseen = sorted({str(label) for label in test_y} - set(names))
     if unseen:
         raise ValueError(f"dataset={dataset!r}: test labels {unseen} never occur in the train split.")
