@@ -226,7 +226,8 @@ def parse_recipe_args(parser: argparse.ArgumentParser, argv: list[str] | None, t
 
     Adds ``--preset {default,paper}`` (:mod:`fpt_peft.presets`): ``paper`` first becomes the parser's defaults, so
     that flags given explicitly win. The namespace gets ``preset_report`` (a :class:`~fpt_peft.presets.PresetReport`:
-    where the run's set-up differs from the paper's), which :func:`fpt_peft.training.train` prints and saves.
+    where the run's set-up differs from the paper's), which :func:`fpt_peft.training.train` saves (and prints for
+    ``--preset paper``).
     """
     if not any(action.dest == "preset" for action in parser._actions):
         group = parser.add_argument_group("preset")

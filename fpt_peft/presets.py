@@ -6,8 +6,8 @@ Standard library only, like :mod:`fpt_peft.arguments` (``--help`` must not load 
 the official set-up: every value below is checked against the official code, github.com/kzl/universal-computation
 (commit 23b80fd, files named relative to its ``universal_computation/`` folder, ``scripts/run.py`` at the top) or,
 where the code has no per-task value, the paper (arXiv 2103.05247). Flags given on the command line always win over
-the preset. Every run reports, in one line, which preset it uses and where its set-up differs from the paper's
-(:class:`PresetReport`); the report goes into ``metrics.json`` and the model card too.
+the preset. Every run records which preset it uses and where its set-up differs from the paper's
+(:class:`PresetReport`) in ``metrics.json`` and the model card; a ``--preset paper`` run also prints it in one line.
 The experiment's own choices, which the paper varies too (``--init random``, ``--finetune full``, the ablation
 switches, ``--seed``), are not differences; nor are the evaluation and checkpoint cadence.
 

@@ -207,7 +207,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
         log_with=args.log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
-    if preset is not None:
+    if preset is not None and preset.preset == "paper":  # otherwise in metrics.json and the card only
         accelerator.print(preset.line())
     if sharding is not None and task.validation is not None and args.keep == "best":
         raise ValueError(

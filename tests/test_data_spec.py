@@ -57,6 +57,7 @@ def test_registry_has_every_task() -> None:
         "homology",
         "digits",
         "time_series",
+        "own_data",
     }
 
 

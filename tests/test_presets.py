@@ -1,5 +1,6 @@
 """``--preset paper`` gives the official set-up of Lu et al. (2021) in every paper recipe, explicit flags win, and
-every run reports (printed, in ``metrics.json`` and in the model card) how its set-up differs from the paper's.
+every run records (in ``metrics.json`` and the model card; printed for ``--preset paper``) how its set-up differs from
+the paper's.
 
 The expected values are written out here from the official code (github.com/kzl/universal-computation, commit
 23b80fd: ``scripts/run.py``, ``experiment.py``, ``trainer.py``, ``fpt.py``, ``datasets/*.py``) and the paper, not

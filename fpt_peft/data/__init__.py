@@ -1,4 +1,4 @@
-"""Task data for FPT: the paper's seven tasks, an offline image task and UCR/UEA time series as ``datasets`` objects.
+"""Task data for FPT: the paper's seven tasks, an offline image task, UCR/UEA time series and the user's own data.
 
 Every loader returns a :class:`TaskData` (a :class:`TaskSpec` plus train and eval
 ``datasets.Dataset`` splits in torch format, ready for a ``DataLoader`` with the default collate).
@@ -13,6 +13,7 @@ from .bits import BitStream, bit_memory, bit_xor
 from .homology import homology
 from .images import cifar10, cifar10_lra, digits, mnist, patchify, unpatchify
 from .listops import evaluate_listops, generate_listops, listops
+from .own_data import own_data
 from .spec import TaskData, TaskSpec
 from .time_series import normalize_instance, patch_series, series_tokens, time_series
 
@@ -26,6 +27,7 @@ TASKS: dict[str, Callable[..., TaskData]] = {
     "homology": homology,
     "digits": digits,
     "time_series": time_series,
+    "own_data": own_data,
 }
 
 
@@ -53,6 +55,7 @@ __all__ = [
     "load_task",
     "mnist",
     "normalize_instance",
+    "own_data",
     "patch_series",
     "patchify",
     "series_tokens",
