@@ -88,11 +88,12 @@ class TrainingArguments:
             "has no validation split; 0: none (then the eval split is scored as training goes, and chooses nothing)."
         },
     )
-    keep: str = field(
-        default="best",
+    keep: str | None = field(
+        default=None,
         metadata={
             "choices": ("best", "last"),
-            "help": "The adapter saved and scored on the eval split: the best validation step's, or the last step's.",
+            "help": "The adapter saved and scored on the eval split: the best validation step's, or the last step's "
+            "(default: best; last in an FSDP-sharded run, whose weights are split between the processes).",
         },
     )
     early_stopping_patience: int = field(

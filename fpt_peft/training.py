@@ -209,10 +209,11 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     )
     if preset is not None and preset.preset == "paper":  # otherwise in metrics.json and the card only
         accelerator.print(preset.line())
-    if sharding is not None and task.validation is not None and args.keep == "best":
+    keep = args.keep or ("last" if sharding is not None else "best")  # said in the "Kept step" line
+    if sharding is not None and task.validation is not None and keep == "best":
         raise ValueError(
             "--keep best copies the trainable weights of the best validation step, which FSDP sharding splits "
-            "between the processes; pass --keep last (or --validation-fraction 0) with a sharded run."
+            "between the processes; leave --keep unset or pass --keep last with a sharded run."
         )
     set_seed(args.seed)
     model = build_model(spec, args.model, seed=args.seed, **args.model_options())
@@ -304,7 +305,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
     metrics: dict[str, float] = {}
     evaluated_at = -1
     stop = False
-    keep_weights = args.keep == "best"
+    keep_weights = keep == "best"
     running_loss = torch.zeros((), device=accelerator.device)
     running_count = 0
     # The first optimizer step (0: none yet) whose batch had non-finite inputs, whose loss was non-finite, whose
@@ -399,7 +400,7 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
         bar.close()
 
     if validation_loader is not None:
-        metrics = _score_kept_step(model, trainable, best, args.keep, progress.step, eval_loader, accelerator, spec)
+        metrics = _score_kept_step(model, trainable, best, keep, progress.step, eval_loader, accelerator, spec)
     elif evaluated_at != progress.step:  # e.g. resumed from the final checkpoint
         metrics = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
         accelerator.print(_describe(progress.step, metrics))
