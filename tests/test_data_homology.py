@@ -213,7 +213,8 @@ def test_recipe_official_setup_on_a_folder_without_test_files(tmp_path: Path) ->
     model = save_tiny_backbone(tmp_path / "gpt2", family="gpt2", positions=64)
     data = ["--source", source, "--max-tokens", "20", "--vocabulary", "tape", "--length-policy", "drop"]
     with pytest.warns(UserWarning, match="left out 4 of 8 train examples longer than max_tokens=20"):
-        metrics = load_recipe("homology").main([*quick_args(model, tmp_path / "run"), *data, "--eval-split", "valid"])
+        argv = [*quick_args(model, tmp_path / "run"), *data, "--eval-split", "valid", "--validation-fraction", "0"]
+        metrics = load_recipe("homology").main(argv)
     assert metrics["step"] == 3
     with pytest.warns(UserWarning):
         task = homology(source=source, max_tokens=20, vocabulary="tape", length_policy="drop", eval_split="valid")

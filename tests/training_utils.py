@@ -109,7 +109,8 @@ def write_homology_parquet(folder: Path, n: int = 12, num_folds: int = 1195) -> 
 def poisoned_xor(n: int, seed: int, batch_size: int, step: int, rank: int, world: int) -> tuple[TaskData, int]:
     """Bit XOR whose example in ``rank``'s batch of ``step`` (1-based) holds a NaN; returns (task, example index).
 
-    Follows the trainer's data order (:class:`EpochSampler`, no gradient accumulation, first epoch).
+    Follows the trainer's data order (:class:`EpochSampler`, no gradient accumulation, first epoch); the task has a
+    validation split of its own (its eval examples), so no validation examples are carved from the training ones.
     """
     task = load_task("bit_xor", num_train=n, num_eval=16, n_bits=5, patch_size=5)
     order = list(EpochSampler(n, seed))
@@ -118,7 +119,7 @@ def poisoned_xor(n: int, seed: int, batch_size: int, step: int, rank: int, world
     embeds = np.asarray(task.train["inputs_embeds"], dtype=np.float32)
     embeds[index, 0, 1] = np.nan
     train = datasets.Dataset.from_dict({"inputs_embeds": embeds, "labels": np.asarray(task.train["labels"])})
-    return TaskData(spec=task.spec, train=train.with_format("torch"), eval=task.eval), index
+    return TaskData(spec=task.spec, train=train.with_format("torch"), eval=task.eval, validation=task.eval), index
 
 
 def model_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
