@@ -301,6 +301,8 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
         f"({args.init}, {args.finetune}) | trainable {sum(p.numel() for p in trainable):,} of {total:,} parameters | "
         f"{n} process(es) on {accelerator.device}{_describe_sharding(sharding)} | {output_dir}"
     )
+    if task.description:  # what was read, and the kind inferred (own data)
+        accelerator.print(task.description)
 
     metrics: dict[str, float] = {}
     evaluated_at = -1

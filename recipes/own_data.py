@@ -60,7 +60,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         stride=args.stride,
         seed=args.seed,
     )
-    print(task.description)
     return train(task, args)
 
 

@@ -126,7 +126,9 @@ def test_bad_arrays_are_refused(tmp_path: Path) -> None:
         own_data(tmp_path / "X.npy")
 
 
-def test_the_recipe_trains_a_table_keeps_class_names_and_names_the_file(tmp_path: Path) -> None:
+def test_the_recipe_trains_a_table_keeps_class_names_and_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tiny = save_tiny_backbone(tmp_path / "tiny")
     out = tmp_path / "run"
     (tmp_path / "data").mkdir()
@@ -134,6 +136,9 @@ def test_the_recipe_trains_a_table_keeps_class_names_and_names_the_file(tmp_path
     argv = [*quick_args(tiny, out, steps=4), "--data", str(data), "--label-column", "target"]
     metrics = load_recipe("own_data").main(argv)
     assert metrics["step"] == 4 and "kept_step" in metrics
+    printed = capsys.readouterr().out
+    assert "CSV table `heart.csv`, read as kind table (inferred: a CSV table)" in printed
+    assert "differs from the paper" not in printed
     assert json.loads((out / "adapter" / "labels.json").read_text()) == {"id2label": {"0": "no", "1": "yes"}}
     card = (out / "adapter" / "README.md").read_text()
     assert "heart.csv (local)" in card and "## Data" in card and str(data.parent) not in card
