@@ -19,12 +19,13 @@ from typing import Any
 import datasets
 import numpy as np
 
+from ._common import SPLIT_ALIASES
+
 KINDS = ("table", "series", "image")
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".parquet": None, ".jsonl": None, ".json": None}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_CATEGORIES = 20  # a text feature column with more distinct values is refused rather than one-hot encoded
 _ARRAY_SPLIT = {"train": "train", "test": "test", "validation": "val"}  # split -> array key suffix
-_SPLIT_NAMES = {"train": ("train",), "test": ("test",), "validation": ("validation", "valid", "val", "dev")}
 
 
 @dataclass
@@ -457,11 +458,11 @@ def _read_dataset(
 
 
 def _has(splits: dict[str, Any], split: str) -> bool:
-    return any(alias in splits for alias in _SPLIT_NAMES.get(split, (split,)))
+    return any(alias in splits for alias in SPLIT_ALIASES.get(split, (split,)))
 
 
 def _split(splits: dict[str, Any], split: str, name: str, flag: str) -> Any:
-    for alias in _SPLIT_NAMES.get(split, (split,)):
+    for alias in SPLIT_ALIASES.get(split, (split,)):
         if alias in splits:
             return splits[alias]
     raise ValueError(f"--data {name}: no split {split!r} ({flag}); found {sorted(splits)}.")
