@@ -35,7 +35,10 @@ class TrainingArguments:
     )
     init: str = field(
         default="pretrained",
-        metadata={"choices": ("pretrained", "random"), "help": "Pretrained weights, or the paper's random baseline."},
+        metadata={
+            "choices": ("pretrained", "random", "shuffled"),
+            "help": "Pretrained weights, the paper's random baseline, or the pretrained weights shuffled per tensor.",
+        },
     )
     finetune: str = field(
         default="fpt", metadata={"choices": ("fpt", "full"), "help": "Train the FPT groups, or every weight."}
@@ -168,6 +171,51 @@ class TrainingArguments:
             "input_dropout": self.input_dropout,
             "embedding_init": self.embedding_init,
         }
+
+
+def add_own_data_args(parser: argparse.ArgumentParser, required: bool = True) -> argparse.ArgumentParser:
+    """Add the flags of the user's data (``--data``, ``required`` or not, ``--kind``, ``--label-column``, ...) as a
+    group "data"; :func:`own_data_options` turns the parsed values into :func:`fpt_peft.data.own_data` arguments."""
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data", required=required, help="A table, .npz, folder of .npy, image folder, .ts file, or a dataset."
+    )
+    data.add_argument("--kind", choices=("table", "series", "image"), default=None, help="Default: inferred.")
+    data.add_argument("--label-column", default="label", help="The class column of a table or dataset.")
+    data.add_argument("--input-column", default=None, help="Input column(s), comma-separated. Default: the others.")
+    data.add_argument("--split", default="train", help="A dataset's training split. Default: train.")
+    data.add_argument("--test-split", default=None, help="A dataset's test split. Default: test, if it has one.")
+    data.add_argument(
+        "--test-fraction", type=float, default=0.2, help="Held out as test split when there is none. Default: 0.2."
+    )
+    data.add_argument("--image-size", type=int, default=None, help="Resize images to this square side.")
+    data.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="Features per token (table), steps per patch (series), pixels per patch side (image). Default: by kind.",
+    )
+    data.add_argument("--stride", type=int, default=None, help="Steps between series patches. Default: half a patch.")
+    return parser
+
+
+OWN_DATA_OPTIONS = (
+    "data",
+    "kind",
+    "label_column",
+    "input_column",
+    "split",
+    "test_split",
+    "test_fraction",
+    "image_size",
+    "patch_size",
+    "stride",
+)
+
+
+def own_data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`fpt_peft.data.own_data` keyword arguments parsed by :func:`add_own_data_args` (``seed`` aside)."""
+    return {name: getattr(args, name) for name in OWN_DATA_OPTIONS}
 
 
 def _flag(name: str) -> str:

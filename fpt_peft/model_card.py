@@ -76,7 +76,12 @@ def adapter_card(
         ]
         or None,
     )
-    base = f"`{base_model}`" if base_model else "a transformer with random weights (the paper's baseline)"
+    if base_model:
+        base = f"`{base_model}`"
+    elif setup.get("init") == "shuffled":
+        base = "a pretrained transformer whose weights were shuffled within each tensor (a control)"
+    else:
+        base = "a transformer with random weights (the paper's baseline)"
     results = "\n".join(f"| {_METRIC_NAMES[m]} | {v:.4f} |" for m, v in sorted(scores.items()))
     if preset is not None:
         setup = {"preset": preset.preset, **setup}

@@ -1,9 +1,10 @@
 """Build the model for a task: a Hugging Face backbone plus an FPT adapter sized by the task's :class:`TaskSpec`.
 
 :func:`build_model` covers the paper's variants: FPT on pretrained weights (the method), the same on random weights
-(``init="random"``, the paper's baseline), every group switched on or off (the ablations), and full finetuning
-(``finetune="full"``), where the adapter holds a trainable copy of every weight the forward pass uses, so that the
-result saves and reloads like any FPT adapter.
+(``init="random"``, the paper's baseline) or on pretrained weights with each tensor's values shuffled
+(``init="shuffled"``: the statistics per tensor without the learned structure, a control), every group switched on
+or off (the ablations), and full finetuning (``finetune="full"``), where the adapter holds a trainable copy of every
+weight the forward pass uses, so that the result saves and reloads like any FPT adapter.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from .tuner.discovery import discover, hidden_size_of, position_capacity
 
 logger = logging.getLogger("fpt_peft")
 
-Init = Literal["pretrained", "random"]
+Init = Literal["pretrained", "random", "shuffled"]
+INITS = ("pretrained", "random", "shuffled")
 Finetune = Literal["fpt", "full"]
 
 
@@ -32,13 +34,16 @@ def load_backbone(
     dtype: torch.dtype | str | None = None,
     seed: int | None = None,
 ) -> PreTrainedModel:
-    """Load the backbone (``AutoModel``) named by ``model``: pretrained weights, or its architecture re-initialised.
+    """Load the backbone (``AutoModel``) named by ``model``: pretrained weights, its architecture re-initialised
+    (``init="random"``, seeded by ``seed``), or the pretrained weights with the values of each weight tensor permuted
+    (``init="shuffled"``, seeded by ``seed``, default 0: every tensor keeps its values, so its mean, spread and
+    histogram, but not where they are).
 
     ``model`` is ``"minilm"``/``"smollm2"`` (packaged), a local folder or a Hub id (see
     :func:`fpt_peft.pretrained.resolve_model`). A failure to find or read it raises an ``OSError`` naming ``--model``.
     """
-    if init not in ("pretrained", "random"):
-        raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}.")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {list(INITS)}, got {init!r}.")
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype must be a torch dtype name such as 'bfloat16', got {dtype!r}.")
@@ -65,18 +70,32 @@ def _load(
 ) -> PreTrainedModel:
     """The model at ``path``, pretrained or re-initialised; ``name`` (a Hub id) is what it records as its origin, so
     that adapters saved from it name a portable base instead of a folder of this machine."""
-    if init == "pretrained":
+    if init in ("pretrained", "shuffled"):
         model: PreTrainedModel = AutoModel.from_pretrained(path, **kwargs, **dtype_kwargs)
+        if init == "shuffled":
+            shuffle_weights(model, seed or 0)
+            name = None  # no longer the pretrained base
     else:
         config = AutoConfig.from_pretrained(path, **kwargs)
         if seed is not None:
             torch.manual_seed(seed)
         model = AutoModel.from_config(config, **dtype_kwargs)
         name = None  # random weights: no pretrained base to name
-    if name is not None or init == "random":
+    if name is not None or init != "pretrained":
         model.config.name_or_path = name or ""
         model.name_or_path = name or ""  # what peft records as the adapter's base_model_name_or_path
     return model
+
+
+@torch.no_grad()
+def shuffle_weights(model: torch.nn.Module, seed: int) -> None:
+    """Permute the values of every floating-point parameter of ``model`` in place, each tensor on its own (a
+    generator seeded by ``seed``, in parameter order): the per-tensor statistics stay, the learned structure goes."""
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        if param.is_floating_point():
+            order = torch.randperm(param.numel(), generator=generator).to(param.device)
+            param.copy_(param.flatten()[order].view_as(param))
 
 
 def max_positions(backbone: torch.nn.Module) -> int | None:
@@ -146,8 +165,9 @@ def build_model(
     Args:
         spec: the task (input width or vocabulary, classes, output tokens, sequence length).
         model: ``"minilm"`` (default), ``"smollm2"``, a local folder or a Hub id.
-        init: ``"pretrained"`` weights, or ``"random"``: the same architecture freshly initialised (seeded by
-            ``seed``) and frozen the same way (the paper's baseline).
+        init: ``"pretrained"`` weights, ``"random"``: the same architecture freshly initialised (seeded by
+            ``seed``) and frozen the same way (the paper's baseline), or ``"shuffled"``: the pretrained weights with
+            each tensor's values permuted (seeded by ``seed``; a statistics-matched random control).
         finetune: ``"fpt"`` trains the groups switched on below; ``"full"`` trains every weight the model uses
             (the ``train_*`` flags must then be left at their defaults).
         train_layer_norms, train_positions, train_input, train_output, train_attention, train_feedforward: the
@@ -158,7 +178,7 @@ def build_model(
         embedding_init: ``"scaled"`` (the base embeddings' std) or ``"normal"`` (N(0, 1), the official code) for the
             new symbol embedding; only for tasks with symbolic inputs.
         dtype: dtype of the backbone (e.g. ``torch.bfloat16``); default: as saved.
-        seed: seeds the random initialisation of the backbone (``init="random"``) and of the new layers.
+        seed: seeds the random initialisation (or shuffle) of the backbone and of the new layers.
 
     Raises:
         OSError / FileNotFoundError: the model cannot be found or read.
@@ -200,6 +220,6 @@ def build_model(
         embedding_init=embedding_init,
         modules_to_save=extra or None,
         base_init=init,
-        base_init_seed=seed if init == "random" else None,
+        base_init_seed={"pretrained": None, "random": seed, "shuffled": seed or 0}[init],
     )
     return get_peft_model(backbone, config)  # type: ignore[return-value]

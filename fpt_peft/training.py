@@ -176,8 +176,14 @@ def _tracker_config(args: TrainingArguments, task: TaskData) -> dict[str, Any]:
     return config
 
 
-def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[str, float]:
+def train(
+    task: TaskData, args: TrainingArguments | argparse.Namespace, model: torch.nn.Module | None = None
+) -> dict[str, float]:
     """Train an FPT model on ``task`` with Accelerate; returns the final evaluation metrics.
+
+    ``model`` replaces the one ``args`` describes (:func:`~fpt_peft.modeling.build_model`): a control such as
+    :class:`~fpt_peft.controls.NoLM`, trained, checkpointed and scored the same way, and saved to
+    ``output_dir/adapter`` by its own ``save_pretrained``.
 
     Every check (arguments, data against its spec, model, sequence length against the model's positions, output
     folder: earlier runs, write permission, free space for the checkpoints and adapter) runs before the first step.
@@ -216,7 +222,8 @@ def train(task: TaskData, args: TrainingArguments | argparse.Namespace) -> dict[
             "between the processes; leave --keep unset or pass --keep last with a sharded run."
         )
     set_seed(args.seed)
-    model = build_model(spec, args.model, seed=args.seed, **args.model_options())
+    if model is None:
+        model = build_model(spec, args.model, seed=args.seed, **args.model_options())
     _check_outputs(accelerator, args, model, output_dir, spec.metric)
     # Both before the optimizer, so that it holds the final parameters (fused Adam: CUDA tensors; FSDP: shards).
     if sharding is not None:
@@ -581,21 +588,27 @@ def _save_adapter(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         adapter = accelerator.unwrap_model(model)
-        base = adapter.peft_config[adapter.active_adapter].base_model_name_or_path
-        card = adapter_card(
-            task=task.spec.name,
-            base_model=base or None,
-            dataset=task.source if is_hub_id(task.source) and not task.local_source else None,
-            metrics=metrics,
-            setup=_card_setup(args, accelerator, is_sharded(model)),
-            preset=preset,
-            data_name=task.source if task.local_source else None,
-            data_description=task.description,
+        configs = getattr(adapter, "peft_config", None)  # None: a control model (``train(..., model=...)``)
+        base = configs[adapter.active_adapter].base_model_name_or_path if configs else None
+        card = (
+            None
+            if not configs
+            else adapter_card(  # a control model writes the card of its own class
+                task=task.spec.name,
+                base_model=base or None,
+                dataset=task.source if is_hub_id(task.source) and not task.local_source else None,
+                metrics=metrics,
+                setup=_card_setup(args, accelerator, is_sharded(model)),
+                preset=preset,
+                data_name=task.source if task.local_source else None,
+                data_description=task.description,
+            )
         )
         labels = None
         if task.label_names is not None:
             labels = {"labels.json": json.dumps({"id2label": dict(enumerate(task.label_names))}, indent=2) + "\n"}
-        save_adapter(adapter, output_dir / "adapter", card=str(card), extra_files=labels, state_dict=state)
+        text = None if card is None else str(card)
+        save_adapter(adapter, output_dir / "adapter", card=text, extra_files=labels, state_dict=state)
         saved = {**metrics, **preset.as_json()} if preset is not None else metrics
         _write_atomically(output_dir / "metrics.json", json.dumps(saved, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")

@@ -85,8 +85,10 @@ def check_config(self: Any, weights_sha256: object = None) -> None:
                 raise ValueError(f"FPTConfig.{name} is not a valid regular expression ({exc}): {value!r}.") from exc
         elif value is not None:
             setattr(self, name, _names(name, value, allow_empty=name != "target_modules"))
-    if self.base_init not in (None, "pretrained", "random"):
-        raise ValueError(f"FPTConfig.base_init must be 'pretrained', 'random' or None, got {self.base_init!r}.")
+    if self.base_init not in (None, "pretrained", "random", "shuffled"):
+        raise ValueError(
+            f"FPTConfig.base_init must be 'pretrained', 'random', 'shuffled' or None, got {self.base_init!r}."
+        )
     seed = self.base_init_seed
     if seed is not None and not (_is_int(seed) and 0 <= seed < 2**64):
         raise ValueError(f"FPTConfig.base_init_seed must be an int in [0, 2**64) or None, got {seed!r}.")
@@ -187,11 +189,12 @@ def check_base_fingerprint(
     )
     if same:
         return
-    if config.base_init == "random":
+    if config.base_init in ("random", "shuffled"):
         seed = config.base_init_seed
-        how = f"load_backbone(..., init='random', seed={seed})" if seed is not None else "no recorded seed"
+        how = f"load_backbone(..., init={config.base_init!r}, seed={seed})" if seed is not None else "no recorded seed"
+        made = "randomly initialised" if config.base_init == "random" else "weight-shuffled"
         raise ValueError(
-            f"This FPT adapter was trained on a randomly initialised {config.base_model_type or name} "
+            f"This FPT adapter was trained on a {made} {config.base_model_type or name} "
             f"({how}); the {name} it is loaded onto has other frozen weights, so it would compute something else. "
             + ("Load the base with that seed." if seed is not None else "The run that trained it cannot be rebuilt.")
         )

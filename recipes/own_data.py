@@ -17,49 +17,19 @@ from __future__ import annotations
 
 import argparse
 
-from fpt_peft.arguments import add_training_args, parse_recipe_args, run_recipe
+from fpt_peft.arguments import add_own_data_args, add_training_args, own_data_options, parse_recipe_args, run_recipe
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Parse the arguments, read the data and train."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, help="A table, .npz, folder of .npy, image folder, .ts, dataset.")
-    data.add_argument("--kind", choices=("table", "series", "image"), default=None, help="Default: inferred.")
-    data.add_argument("--label-column", default="label", help="The class column of a table or dataset.")
-    data.add_argument("--input-column", default=None, help="Input column(s), comma-separated. Default: the others.")
-    data.add_argument("--split", default="train", help="A dataset's training split. Default: train.")
-    data.add_argument("--test-split", default=None, help="A dataset's test split. Default: test, if it has one.")
-    data.add_argument(
-        "--test-fraction", type=float, default=0.2, help="Held out as test split when there is none. Default: 0.2."
-    )
-    data.add_argument("--image-size", type=int, default=None, help="Resize images to this square side.")
-    data.add_argument(
-        "--patch-size",
-        type=int,
-        default=None,
-        help="Features per token (table), steps per patch (series), pixels per patch side (image). Default: by kind.",
-    )
-    data.add_argument("--stride", type=int, default=None, help="Steps between series patches. Default: half a patch.")
+    add_own_data_args(parser)
     add_training_args(parser, batch_size=32, max_steps=500, eval_every=50, save_every=250)
     args = parse_recipe_args(parser, argv, task="own_data")
     from fpt_peft.data import load_task  # the ML stack loads only once the arguments are good
     from fpt_peft.training import train
 
-    task = load_task(
-        "own_data",
-        data=args.data,
-        kind=args.kind,
-        label_column=args.label_column,
-        input_column=args.input_column,
-        split=args.split,
-        test_split=args.test_split,
-        test_fraction=args.test_fraction,
-        image_size=args.image_size,
-        patch_size=args.patch_size,
-        stride=args.stride,
-        seed=args.seed,
-    )
+    task = load_task("own_data", **own_data_options(args), seed=args.seed)
     return train(task, args)
 
 

@@ -19,7 +19,8 @@ from fpt_peft.data import own_data
 from .training_utils import ROOT, load_recipe, quick_args, save_tiny_backbone
 
 
-def _table(path: Path, rows: int = 60) -> Path:
+def write_table(path: Path, rows: int = 60) -> Path:
+    """A CSV of 5 numeric features, a text feature column and a text ``target`` column."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, 5))
     frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(5)])
@@ -29,7 +30,8 @@ def _table(path: Path, rows: int = 60) -> Path:
     return path
 
 
-def _series(folder: Path) -> Path:
+def write_series(folder: Path) -> Path:
+    """A folder of .npy arrays: 2-channel sines of 3 frequencies, 72 train and 18 test series."""
     rng = np.random.default_rng(1)
     t = np.linspace(0, 6.28, 40)
     y = np.arange(90) % 3
@@ -54,7 +56,7 @@ def _images(folder: Path, size: int = 12) -> Path:
 
 
 def test_a_table_is_one_standardised_feature_per_token_with_text_one_hot(tmp_path: Path) -> None:
-    task = own_data(_table(tmp_path / "t.csv"), label_column="target")
+    task = own_data(write_table(tmp_path / "t.csv"), label_column="target")
     assert task.spec.max_tokens == 7 and task.spec.input_dim == 1  # 5 numbers + colour=blue, colour=red
     assert task.label_names == ("no", "yes") and (len(task.train), len(task.eval)) == (48, 12)
     train = np.asarray(task.train.with_format("numpy")["inputs_embeds"])[:, :, 0]
@@ -63,7 +65,7 @@ def test_a_table_is_one_standardised_feature_per_token_with_text_one_hot(tmp_pat
 
 
 def test_series_arrays_are_inferred_and_patched(tmp_path: Path) -> None:
-    task = own_data(_series(tmp_path / "lab"))
+    task = own_data(write_series(tmp_path / "lab"))
     assert "kind series" in (task.description or "") and task.label_names == ("0", "1", "2")
     assert task.spec.input_dim == 8 * 2 and (len(task.train), len(task.eval)) == (72, 18)  # patches of 8 x 2 channels
     table = own_data(tmp_path / "lab", kind="table")
@@ -132,7 +134,7 @@ def test_the_recipe_trains_a_table_keeps_class_names_and_names_the_file(
     tiny = save_tiny_backbone(tmp_path / "tiny")
     out = tmp_path / "run"
     (tmp_path / "data").mkdir()
-    data = _table(tmp_path / "data" / "heart.csv")
+    data = write_table(tmp_path / "data" / "heart.csv")
     argv = [*quick_args(tiny, out, steps=4), "--data", str(data), "--label-column", "target"]
     metrics = load_recipe("own_data").main(argv)
     assert metrics["step"] == 4 and "kept_step" in metrics

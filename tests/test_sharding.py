@@ -38,6 +38,7 @@ from fpt_peft.sharding import (
     shard_model,
 )
 
+from .test_own_data import write_table
 from .test_recipes import RECIPES, recipe_case
 from .training_utils import ROOT, load_recipe, model_batch, offline_env, quick_args, save_tiny_backbone
 
@@ -233,12 +234,15 @@ def _case(case: str, tmp: Path) -> tuple[str, list[str], dict[str, Any]]:
     if case == "bit_xor_stream":  # the official formulation: a fresh batch every step
         args = ["--stream", "--values", "01", "--n-bits", "10", "--num-eval", "8"]
         return "bit_xor", args, {"num_train": None, "num_eval": 8, "n_bits": 10, "values": "01", "stream": True}
+    if case == "own_data":  # the user's CSV: text labels, a one-hot text column
+        table = str(write_table(tmp / "table.csv"))
+        return "own_data", ["--data", table, "--label-column", "target"], {"data": table, "label_column": "target"}
     return (case, *recipe_case(case, tmp))
 
 
 @reruns_on_exit_abort
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [*RECIPES, "bit_xor_stream"])
+@pytest.mark.parametrize("case", [*RECIPES, "bit_xor_stream", "own_data"])
 def test_every_recipe_runs_sharded_resumes_and_matches_one_process(
     case: str, tiny: str, tiny_long: str, tmp_path: Path
 ) -> None:

@@ -186,7 +186,7 @@ def _image_task(
         max_tokens=(size // patch_size) ** 2,
         metric="accuracy",
     )
-    return TaskData(spec=spec, train=prepared[0], eval=prepared[1], source=source)
+    return TaskData(spec=spec, train=prepared[0], eval=prepared[1], source=source, kind="image")
 
 
 def mnist(
@@ -273,4 +273,5 @@ def digits(patch_size: int = 2, eval_fraction: float = 0.2, seed: int = 0) -> Ta
         spec=spec,
         train=continuous_dataset(patches[train_idx], labels[train_idx]),
         eval=continuous_dataset(patches[eval_idx], labels[eval_idx]),
+        kind="image",
     )

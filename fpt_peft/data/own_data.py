@@ -103,6 +103,7 @@ def own_data(
         local_source=raw.local,
         description=description,
         validation=None if validation is None else continuous_dataset(tokens[2], ids(validation[1])),
+        kind=chosen,
     )
 
 

@@ -116,3 +116,6 @@ class TaskData:
     """The data in one phrase for the model card: its kind, shapes, classes and tokens (set by ``own_data``)."""
     validation: datasets.Dataset | None = None
     """Held-out data for choosing what to keep (the step, the rate); None: carved from train by the training loop."""
+    kind: str | None = None
+    """``"table"``, ``"series"`` or ``"image"`` where every token holds a piece of one (the classical baselines of
+    :mod:`fpt_peft.compare` depend on it); None for symbol sequences and the bit tasks."""

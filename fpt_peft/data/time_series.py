@@ -196,4 +196,4 @@ def time_series(
     train = _padded_dataset(train_tokens, np.array([ids[y] for y in train_y]), longest)
     test = _padded_dataset(test_tokens, np.array([ids[y] for y in test_y]), longest)
     source = os.fspath(data_dir) if data_dir is not None else f"aeon:{dataset}"
-    return TaskData(spec=spec, train=train, eval=test, source=source, label_names=tuple(names))
+    return TaskData(spec=spec, train=train, eval=test, source=source, label_names=tuple(names), kind="series")

@@ -53,8 +53,8 @@ class FPTConfig(CheckedConfigFiles, PeftConfig):
         target_modules, exclude_modules, modules_to_save: as in peft; `target_modules=None` is found structurally.
         position_parameters (`list[str]`, *optional*): positions that are bare parameters (ViT); resolved.
         base_model_type, base_hidden_size: recorded on first use; a load onto another architecture or width fails.
-        base_init, base_init_seed (*optional*): how the base was made (`"pretrained"`, or `"random"` with the seed
-            of `fpt_peft.load_backbone`), as the training side records it.
+        base_init, base_init_seed (*optional*): how the base was made (`"pretrained"`, or `"random"` or
+            `"shuffled"` with the seed of `fpt_peft.load_backbone`), as the training side records it.
         base_fingerprint (`list[float]`): 16 values of the frozen base weights, recorded on first use. A load onto a
             base whose weights differ (another checkpoint, or another random seed) fails for a `"random"` base (no
             other base computes what it was trained on) and warns otherwise.
@@ -84,8 +84,8 @@ class FPTConfig(CheckedConfigFiles, PeftConfig):
     position_parameters: list[str] | None = field(default=None, metadata={"help": "Positions that are parameters."})
     base_model_type: str | None = field(default=None, metadata={"help": "model_type of the base (recorded)."})
     base_hidden_size: int | None = field(default=None, metadata={"help": "Width of the base model (recorded)."})
-    base_init: str | None = field(default=None, metadata={"help": "'pretrained' or 'random' base (recorded)."})
-    base_init_seed: int | None = field(default=None, metadata={"help": "Seed of a random base's init (recorded)."})
+    base_init: str | None = field(default=None, metadata={"help": "How the base was made (recorded)."})
+    base_init_seed: int | None = field(default=None, metadata={"help": "Seed of a made base (recorded)."})
     base_fingerprint: list[float] | None = field(default=None, metadata={"help": "Frozen base weights sampled."})
     weights_sha256: InitVar[str | None] = None
 
