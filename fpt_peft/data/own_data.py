@@ -110,7 +110,7 @@ def own_data(
 def infer_kind(raw: RawData) -> tuple[str, str]:
     """The kind of ``raw`` (``"table"``, ``"series"`` or ``"image"``) and the reason, in a phrase."""
     if raw.kind is not None:
-        return raw.kind, f"inferred: a {raw.format}"
+        return raw.kind, f"inferred: {'an' if raw.format[0] in 'aeiou' else 'a'} {raw.format}"
     shape = raw.train[0].shape[1:]
     if len(shape) == 3:
         return "image", f"inferred: examples of shape {shape} are (height, width, channels)"
