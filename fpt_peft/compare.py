@@ -60,12 +60,13 @@ DEFAULT_ARMS = ("fpt_pretrained", "fpt_random", "no_lm")
 REFERENCE = "fpt_pretrained"
 BUILT_IN_TASKS = ("bit_memory", "bit_xor", "listops", "digits")
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "bit_memory": {"num_train": 512, "num_eval": 128},
-    "bit_xor": {"num_train": 512, "num_eval": 128},
-    "listops": {"num_train": 512, "num_eval": 128, "max_tokens": 128},
+    "bit_memory": {"num_train": 2000, "num_eval": 200, "n_bits": 50, "patch_size": 25},
+    "bit_xor": {"num_train": 2000, "num_eval": 200, "n_bits": 10, "patch_size": 5},
+    "listops": {"num_train": 1000, "num_eval": 300, "max_tokens": 32},
     "digits": {},
 }
-"""CPU-sized data of the built-in tasks (finite: every arm and baseline sees the same examples)."""
+"""CPU-sized data of the built-in tasks (finite: every arm and baseline sees the same examples; bit XOR of 10 bits,
+so that most test inputs were never trained on)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -344,7 +344,7 @@ def die_after_writing_the_weights(monkeypatch: pytest.MonkeyPatch) -> Callable[[
 
     def then_die(tensors: Any, filename: str, metadata: Any = None) -> None:
         real(tensors, filename, metadata=metadata)
-        raise Killed
+        raise Killed("killed after writing the weights")
 
     return lambda: monkeypatch.setattr(peft.peft_model, "safe_save_file", then_die)
 
@@ -354,7 +354,7 @@ def test_a_plain_save_that_dies_half_way_is_refused(
 ) -> None:
     _model(seed=1).save_pretrained(tmp_path)
     die_after_writing_the_weights()
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match=r"^killed after writing the weights$"):
         _model(seed=2).save_pretrained(tmp_path)
     # On disk now: the old config beside the new weights. A load refuses them; it never loads a mix.
     with pytest.raises(AdapterIntegrityError, match=re.escape(NOT_THE_SAME_SAVE)):
@@ -369,7 +369,7 @@ def test_a_save_adapter_that_dies_half_way_leaves_the_previous_adapter(
     save_adapter(first, folder)
     before = _snapshot(folder)
     die_after_writing_the_weights()
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match=r"^killed after writing the weights$"):
         save_adapter(_model(seed=2), folder)
     assert _snapshot(folder) == before
     assert _same(_state(_load(folder)), _state(first))

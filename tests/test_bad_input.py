@@ -66,7 +66,8 @@ def test_missing_and_corrupted_weight_files(saved: Path) -> None:
     weights.unlink()
     # A folder with only the config: the config loads; peft itself then finds no weights to load (its own error).
     assert FPTConfig.from_pretrained(str(saved)).input_dim == 6
-    with pytest.raises((ValueError, OSError)):
+    # peft then takes the folder for a Hub repo id (huggingface_hub refuses it) or says it finds no weights
+    with pytest.raises((ValueError, OSError), match=r"Repo id must be in the form|[Cc]an't find|No such file"):
         PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), str(saved))
 
 
@@ -103,7 +104,8 @@ def test_unknown_or_malformed_config_fields(saved: Path) -> None:
     config_file.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         FPTConfig.from_pretrained(str(saved))
-    with pytest.raises(json.JSONDecodeError):  # peft parses the file itself first, to find its peft_type
+    # peft parses the file itself first, to find its peft_type
+    with pytest.raises(json.JSONDecodeError, match="Expecting property name"):
         PeftModel.from_pretrained(AutoModel.from_config(tiny_config("gpt2")), saved)
 
 

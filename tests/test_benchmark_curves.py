@@ -108,7 +108,7 @@ def test_full_size_arguments_are_checked_and_capped(capsys: pytest.CaptureFixtur
         (["--max-steps", "0"], "--max-steps"),
         (["--merge", "saved.json", "--resume"], "--resume"),
     ):
-        with pytest.raises(SystemExit) as raised:
+        with pytest.raises(SystemExit, match=r"^2$") as raised:
             parse_args(bad)
         assert raised.value.code == 2 and f"argument {named}" in capsys.readouterr().err
 
@@ -139,12 +139,12 @@ def test_a_stopped_sweep_is_not_overwritten_without_resume(tmp_path: Path, capsy
     from benchmarks.ablation import parse_args
 
     journal_path(tmp_path, "ablation").write_text("")
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(SystemExit, match=r"^2$") as raised:
         parse_args(["--out-dir", str(tmp_path)])
     error = capsys.readouterr().err
     assert raised.value.code == 2 and "argument --resume" in error and "ablation.runs.jsonl" in error
     assert parse_args(["--out-dir", str(tmp_path), "--resume"]).journal.done == {}
     journal_path(tmp_path, "ablation").write_text('{"result": 1}\n')
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(SystemExit, match=r"^2$") as raised:
         parse_args(["--out-dir", str(tmp_path), "--resume"])
     assert raised.value.code == 2 and "line 1: not a journaled run" in capsys.readouterr().err

@@ -343,9 +343,9 @@ def test_recipe_flags_reach_load_task(
 
     def fake_load_task(name: str, **kwargs: object) -> None:
         seen.update(kwargs, name=name)
-        raise _Loaded
+        raise _Loaded(name)
 
     monkeypatch.setattr(fpt_peft.data, "load_task", fake_load_task)
-    with pytest.raises(_Loaded):
+    with pytest.raises(_Loaded, match=f"^{recipe}$"):
         load_recipe(recipe).main([*argv, "--output-dir", str(tmp_path / "run")])
     assert seen["name"] == recipe and expected.items() <= seen.items()

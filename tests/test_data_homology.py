@@ -220,7 +220,7 @@ def test_recipe_official_setup_on_a_folder_without_test_files(tmp_path: Path) ->
         task = homology(source=source, max_tokens=20, vocabulary="tape", length_policy="drop", eval_split="valid")
     assert (len(task.train), len(task.eval), task.spec.input_vocab_size) == (4, 4, 30)
     assert_adapter_reloads(tmp_path / "run", model, task, metrics)
-    with pytest.raises(SystemExit) as exit_info:  # argparse-style: usage and one line, status 2
+    with pytest.raises(SystemExit, match=r"^2$") as exit_info:  # argparse-style: usage and one line, status 2
         load_recipe("homology").main([*quick_args(model, tmp_path / "bad"), *data, "--truncation"])
     assert exit_info.value.code == 2
     with pytest.raises(ValueError, match=r"No 'test' split files .* Choose the evaluation split with eval_split"):

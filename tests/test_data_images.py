@@ -307,6 +307,6 @@ def test_augment_flag_reaches_load_task(recipe: str, tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(fpt_peft.data, "load_task", fake_load_task)
     for argv in ([], ["--augment"]):
-        with pytest.raises(LookupError):
+        with pytest.raises(LookupError, match=r"^stop$"):
             load_recipe(recipe).main([*argv, "--output-dir", str(tmp_path / "run")])
     assert [s["augment"] for s in seen] == [False, True]

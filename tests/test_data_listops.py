@@ -394,6 +394,6 @@ def test_recipe_trains_on_the_official_formulation(tmp_path: Path) -> None:
     assert metrics["step"] == 3
     task = listops(data_dir=str(tmp_path), max_tokens=64, formulation="official", eval_split="val")
     assert_adapter_reloads(tmp_path / "run", model, task, metrics)
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match=r"^2$") as exit_info:
         load_recipe("listops").main([*quick_args(model, tmp_path / "bad"), "--truncation", "--length-policy", "drop"])
     assert exit_info.value.code == 2

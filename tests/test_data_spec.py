@@ -23,7 +23,7 @@ def test_valid_specs_and_properties() -> None:
 
 
 def test_spec_is_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'num_classes'"):
         _spec().num_classes = 3  # type: ignore[misc]
 
 

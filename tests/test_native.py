@@ -277,9 +277,9 @@ def test_config_conventions_match_peft(tmp_path: Path) -> None:
         warnings.simplefilter("always")
         assert FPTConfig.from_pretrained(str(tmp_path)).output_dim == 3
     assert any("from_the_future" in str(w.message) for w in caught)
-    with pytest.raises(ValueError) as ours:
+    with pytest.raises(ValueError, match=r"Invalid task type: 'NOT_A_TASK'\. Must be one of") as ours:
         FPTConfig(task_type="NOT_A_TASK")
-    with pytest.raises(ValueError) as peft_own:
+    with pytest.raises(ValueError, match=r"Invalid task type: 'NOT_A_TASK'\. Must be one of") as peft_own:
         LoraConfig(task_type="NOT_A_TASK")
     assert str(ours.value) == str(peft_own.value)
 

