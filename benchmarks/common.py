@@ -29,6 +29,7 @@ import fpt_peft  # registers FPT with peft
 from benchmarks.sweep_journal import SweepJournal, journal_path
 from fpt_peft import FPTConfig
 from fpt_peft.pretrained import minilm_path
+from fpt_peft.provenance import git_state
 from fpt_peft.tuner.discovery import discover
 
 transformers.logging.set_verbosity_error()
@@ -354,8 +355,9 @@ def peak_rss_bytes() -> int:
 
 # ---------------------------------------------------------------------- reporting
 def environment(device: str) -> dict[str, Any]:
-    """Versions and machine facts recorded with every result."""
+    """Versions, machine facts and the code's git state (commit, uncommitted changes) recorded with every result."""
     info: dict[str, Any] = {
+        "git": git_state(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, format_table, write_json
+from benchmarks.common import RESULTS_DIR, bar_plot, environment, format_table, write_json
 from fpt_peft import compare
 
 
@@ -50,12 +50,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {k: v for k, v in result["settings"].items() if k != "data"},
         "arms": result["arms"],
         "differences": result["differences"],
-        "provenance": result["provenance"],
+        "environment": environment("cpu"),
     }
     path = write_json(args.name, data, args.out_dir)
+    means = {arm: row["mean"] for arm, row in result["arms"].items()}
+    bar_plot(args.name, [("test accuracy, mean over seeds", {"arms": means})], args.out_dir)
     rows = [[arm, row["mean"], *(row["ci95"] or ["-", "-"])] for arm, row in result["arms"].items()]
     print(format_table(["arm", "test accuracy", "95% low", "95% high"], rows))
-    print(f"{len(result['runs'])} runs in {seconds / 60:.1f} minutes; wrote {path}")
+    print(f"{len(result['runs'])} runs in {seconds / 60:.1f} minutes; wrote {path} and its plot")
     return data
 
 
