@@ -162,7 +162,8 @@ def _arms(requested: Sequence[str] | None, kind: str | None) -> list[str]:
         return [*ARMS, *classical]
     wrong = [a for a in requested if a in BASELINES and a not in classical]
     if wrong:
-        raise ValueError(f"--arms {wrong}: not a baseline of {kind or 'symbol'} data; its baselines are {classical}.")
+        data = f"{kind} data" if kind else "data that is neither a table, a series nor an image"
+        raise ValueError(f"--arms {wrong}: not a baseline of {data}; its baselines are {classical}.")
     if REFERENCE not in requested:
         raise ValueError(f"--arms must include {REFERENCE}: every difference is taken against it.")
     return list(dict.fromkeys(requested))
@@ -389,12 +390,6 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def _write(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
-
-
 # --------------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the comparison the arguments describe, write ``compare.json``/``.md``/``.png``; return the JSON's data."""
@@ -404,6 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _check(args, parser)
     from .data import load_task
     from .provenance import provenance
+    from .training import write_atomically
 
     if args.task:
         data = {"task": args.task, "options": TASK_DEFAULTS[args.task]}
@@ -432,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"--resume: {out} holds a comparison with other settings ({saved_settings}); pass the same "
             "arguments, or another --out-dir."
         )
-    _write(saved_settings, json.dumps(settings, indent=2) + "\n")
+    write_atomically(saved_settings, json.dumps(settings, indent=2) + "\n")
 
     jobs = [
         Job(arm, seed, lr)
@@ -467,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"Run {job.name} failed (its log: {runs_dir / job.name / 'log.txt'}): {exc}"
                     ) from exc
                 result = {"arm": job.arm, "seed": job.seed, "lr": job.lr, **scores}
-                _write(runs_dir / f"{job.name}.json", json.dumps(result, indent=2) + "\n")
+                write_atomically(runs_dir / f"{job.name}.json", json.dumps(result, indent=2) + "\n")
                 results[job.name] = result
                 bar.update(1)
                 bar.set_postfix_str(f"{job.name}: test {scores['test']:.3f}")
@@ -488,9 +484,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "provenance": provenance(args.device),
         "command": "fpt-peft-compare " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    _write(out / "compare.json", json.dumps(result_data, indent=2) + "\n")
+    write_atomically(out / "compare.json", json.dumps(result_data, indent=2) + "\n")
     markdown = report(result_data)
-    _write(out / "compare.md", markdown)
+    write_atomically(out / "compare.md", markdown)
     plot(result_data, out / "compare.png")
     print(markdown + f"\nWrote {out / 'compare.json'}, {out / 'compare.md'} and {out / 'compare.png'}.")
     return result_data

@@ -196,6 +196,11 @@ def train(
     preset: PresetReport | None = getattr(args, "preset_report", None)  # from parse_recipe_args (recipes)
     if isinstance(args, argparse.Namespace):
         args = TrainingArguments.from_namespace(args)
+    if model is not None and args.model_options() != TrainingArguments().model_options():
+        raise ValueError(  # they describe a model this run would not build
+            "train(..., model=...) trains the model it is given; leave the model options of args (init, finetune, "
+            "the freeze/train switches, num_layers, input_dropout, embedding_init) at their defaults."
+        )
     spec = task.spec
     output_dir = Path(args.output_dir or f"outputs/{spec.name}")
     check_task_data(task)
@@ -610,7 +615,7 @@ def _save_adapter(
         text = None if card is None else str(card)
         save_adapter(adapter, output_dir / "adapter", card=text, extra_files=labels, state_dict=state)
         saved = {**metrics, **preset.as_json()} if preset is not None else metrics
-        _write_atomically(output_dir / "metrics.json", json.dumps(saved, indent=2) + "\n")
+        write_atomically(output_dir / "metrics.json", json.dumps(saved, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
         if args.push_to_hub:
             # upload_folder sends exactly what save_pretrained wrote, model card included (push_to_hub would
@@ -652,7 +657,7 @@ _GROUPS = {
 }
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     """Write ``path`` so that it holds the old or the new text whenever the process is killed (and is durable)."""
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(temp, "w", encoding="utf-8") as handle:

@@ -123,7 +123,10 @@ def test_resume_runs_only_what_is_missing_and_ends_with_the_same_numbers(tiny: s
         (["--task", "bit_memory", "--lrs", "0"], "--lrs must all be finite and > 0"),
         (["--task", "bit_memory", "--validation-fraction", "0"], "--validation-fraction must be in (0, 1)"),
         (["--task", "bit_memory", "--arms", "fpt_random"], "--arms must include fpt_pretrained"),
-        (["--task", "bit_memory", "--arms", "fpt_pretrained", "logistic_regression"], "not a baseline of symbol"),
+        (
+            ["--task", "bit_memory", "--arms", "fpt_pretrained", "logistic_regression"],
+            "not a baseline of data that is neither a table, a series nor an image",
+        ),
     ],
     ids=["task and data", "unknown arm", "rate", "validation", "no reference", "baseline of another kind"],
 )
@@ -155,6 +158,9 @@ def test_no_lm_trains_through_the_training_loop_and_reloads(tmp_path: Path) -> N
     with torch.no_grad():
         assert torch.equal(reloaded(inputs_embeds=batch["inputs_embeds"]).logits, model(**batch).logits)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["kept_step"] == metrics["kept_step"]
+    other = TrainingArguments(output_dir=str(tmp_path / "other"), init="random")
+    with pytest.raises(ValueError, match=r"trains the model it is given; leave the model options"):
+        train(task, other, model=NoLM.for_task(task.spec, hidden_size=16))
 
 
 def test_shuffled_tokens_keep_each_example_s_tokens_and_its_padding() -> None:
