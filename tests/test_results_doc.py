@@ -361,6 +361,59 @@ def full_memory(row: Row) -> dict[str, Any]:
     }
 
 
+FULL_SIZE_GPU_FILES = ("gpu-full_size.json", "gpu-full_xor_random.json", "gpu-full_listops.json")
+
+
+def gpu_runs(task: str, init: str, lr: float) -> list[dict[str, Any]]:
+    """The full-size runs on the GPU of one task, init and rate, seed 0 first."""
+    runs = [r for name in FULL_SIZE_GPU_FILES for r in load(name)["runs"]]
+    found = [r for r in runs if (r["task"], r["init"], r["lr"]) == (task, init, lr)]
+    assert sorted(r["seed"] for r in found) == [0, 1], (task, init, lr)
+    return sorted(found, key=lambda r: r["seed"])
+
+
+def last_train_loss(run: dict[str, Any]) -> float:
+    return [loss for loss in run["train_loss"] if loss is not None][-1]
+
+
+def gpu_full(row: Row) -> dict[str, Any]:
+    """Full size on the GPU: one row per task, init and rate, two seeds each."""
+    task, init, lr = TASKS[row["task"]], row["init"], float(row["lr"])
+    runs = gpu_runs(task, init, lr)
+    name = next(n for n in FULL_SIZE_GPU_FILES if task in load(n)["tasks"] and init in load(n)["tasks"][task])
+    paper = load(name)["tasks"][task]["paper"]
+    bits = task != "listops"
+    expected: dict[str, Any] = {
+        "lr": [lr],
+        "final % (seed 0, seed 1)": [pct(r["final_accuracy"]) for r in runs],
+        "training loss at the end (seed 0, seed 1)": [last_train_loss(r) for r in runs],
+    }
+    if bits:
+        to_converge = collapsed([first_step(r, 1.0) for r in runs])
+        expected["steps to 99%"] = collapsed([first_step(r, 0.99) for r in runs])
+        expected["steps to 100%"] = to_converge + ([1e4] if to_converge == [None] else [])
+        assert all(r["steps_trained"] == 10_000 for r in runs if first_step(r, 1.0) is None)
+    if row["paper final %"]:
+        expected["paper final %"] = [paper["accuracy"][init]]
+        expected["paper steps to converge"] = [paper["steps"][init]]
+    return expected
+
+
+def gpu_difference(row: Row) -> dict[str, Any]:
+    """Pretrained minus random at 1e-3 on the GPU, paired by seed, with a Student-t 95% interval (1 df)."""
+    task = TASKS[row["task"]]
+    pairs = zip(gpu_runs(task, "pretrained", 1e-3), gpu_runs(task, "random", 1e-3), strict=True)
+    differences = [pct(a["final_accuracy"]) - pct(b["final_accuracy"]) for a, b in pairs]  # type: ignore[operator]
+    mean = statistics.mean(differences)
+    half = 12.706204736174707 * statistics.stdev(differences) / math.sqrt(2)  # scipy.stats.t.ppf(0.975, 1)
+    reading = "helps" if mean - half > 0 else "hurts" if mean + half < 0 else "no difference detected"
+    assert row["reading"] == reading, (row, reading)
+    return {
+        "difference, points (seed 0, seed 1)": differences,
+        "mean [95% interval]": [mean, mean - half, mean + half],
+    }
+
+
 ABLATION_PAPER = {"digits": ["MNIST", "CIFAR-10"], "bit_memory": ["Memory"]}
 
 
@@ -469,6 +522,8 @@ TABLES = [
         full_xor,
     ),
     Check("Full size", "final % per lr, seed 0 (1e-3 / 3e-3)", ("--name full_size-bit_memory",), full_memory),
+    Check("On a GPU", "init", (*FULL_SIZE_GPU_FILES, "gpu-full_size.png"), gpu_full),
+    Check("On a GPU", "difference, points (seed 0, seed 1)", FULL_SIZE_GPU_FILES, gpu_difference),
     Check("Ablation", "trained", ("ablation.json",), ablation),
     Check(
         "Time series",
@@ -775,6 +830,40 @@ def _full_size() -> dict[str, Callable[[], Expected]]:
     }
 
 
+def _full_size_gpu() -> dict[str, Callable[[], Expected]]:
+    memory = gpu_runs("bit_memory", "pretrained", 1e-3)
+    xor = gpu_runs("bit_xor", "pretrained", 1e-3)
+    random_xor = [r for lr in (3e-4, 1e-3, 3e-3) for r in gpu_runs("bit_xor", "random", lr)]
+    seed_0, seed_1 = gpu_runs("listops", "pretrained", 1e-3)
+    random_0, random_1 = gpu_runs("listops", "random", 1e-3)
+    return {
+        "99.8% per bit on both seeds, 99% from step {}": lambda: span(first_step(r, 0.99) for r in memory),
+        "Pretrained gets every eval bit right at step {}-{}": lambda: span(first_step(r, 1.0) for r in xor),
+        "its training loss ends at {}-{}, at or above ln 2 = 0.693": lambda: span(map(last_train_loss, random_xor)),
+        "Pretrained seed 0 reads {}% at every evaluation from step {} on": lambda: [
+            pct(seed_0["accuracy"][-1]),
+            seed_0["eval_steps"][
+                min(i for i in range(len(seed_0["accuracy"])) if len(set(seed_0["accuracy"][i:])) == 1)
+            ],
+        ],
+        "seed 1 reads {}% from step {} to {}, then rises to {}%": lambda: [
+            pct(seed_1["accuracy"][1]),
+            seed_1["eval_steps"][1],
+            max(
+                s for s, a in zip(seed_1["eval_steps"], seed_1["accuracy"], strict=True) if a == seed_1["accuracy"][1]
+            ),
+            pct(max(seed_1["accuracy"])),
+        ],
+        "seed 0 reads {}-{}% from step {} to {} (its most frequent class": lambda: [
+            *span(pct(a) for a in random_0["accuracy"][2:-1]),
+            random_0["eval_steps"][2],
+            random_0["eval_steps"][-2],
+        ],
+        "15.6%) and {}% only at the last evaluation": lambda: [pct(random_0["accuracy"][-1])],
+        "seed 1 moves between {}% and {}%": lambda: span(pct(a) for a in random_1["accuracy"][1:]),
+    }
+
+
 def _ablation() -> dict[str, Callable[[], Expected]]:
     data = load("ablation.json")
     rungs = ["output only", "+ layer norms", "+ input", "+ positions"]
@@ -880,6 +969,7 @@ PROSE = {
     ("Adapters", "adapters.json"): _adapters,
     ("Pretrained vs random", "pretrained_vs_random*.json"): _pretrained_vs_random,
     ("Full size", "full_size-*.json, cost-minilm-listops512.json"): _full_size,
+    ("On a GPU", "gpu-full_*.json"): _full_size_gpu,
     ("Ablation", "ablation.json"): _ablation,
     ("Time series", "time_series.json, time_series-inputs.json"): _time_series,
     ("Command-line start-up", "cli_startup.json"): _cli,
