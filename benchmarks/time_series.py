@@ -19,6 +19,7 @@ multivariate datasets. Published numbers (UCR/UEA archive baselines, MiniRocket,
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -37,6 +38,7 @@ from benchmarks.common import (
     run_curves,
     write_json,
 )
+from fpt_peft.data import time_series
 
 INITS = ("pretrained", "random")
 
@@ -204,7 +206,11 @@ def report(args: argparse.Namespace, datasets: dict[str, Any], inputs: list[dict
             "sweep_seeds": args.seeds,
             "confirm_seeds": args.confirm_seeds,
             "optimizer": "Adam, constant lr, gradient clipping 1.0, dropout 0.1 (MiniLM's)",
-            "input_handling": "per-instance normalisation, channels mixed into each token (GPT4TS), unless stated",
+            "input_handling": {  # the loader's own defaults, which every run of the main table uses
+                name: param.default
+                for name, param in inspect.signature(time_series).parameters.items()
+                if name in ("normalize", "channels")
+            },
         },
         "environment": environment("cpu") | {"workers": args.workers},
         "seconds": args.seconds,

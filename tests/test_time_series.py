@@ -192,11 +192,26 @@ def test_an_adapter_for_k_blocks_is_refused_on_a_shallower_base(tmp_path: Path) 
 
 # ---------------------------------------------------------------------- the recipe
 @pytest.mark.slow
-def test_recipe_learns_basic_motions_well_above_chance_and_saves_the_label_names(tmp_path: Path) -> None:
+def test_recipe_learns_basic_motions_beyond_random_weights_and_saves_the_label_names(tmp_path: Path) -> None:
+    """Pretrained FPT beats the same recipe on frozen random weights by a margin: measured 0.975 against 0.60-0.65
+    (40 test series, 4 balanced classes: chance is 0.25)."""
     out = tmp_path / "run"
-    args = ["--model", "minilm", "--output-dir", str(out), "--max-steps", "60", "--batch-size", "8"]
-    metrics = load_recipe("time_series").main([*args, "--dataset", "BasicMotions", "--eval-every", "0"])
-    assert metrics["accuracy"] >= 0.6  # 4 balanced classes: chance is 0.25
+    args = [
+        "--model",
+        "minilm",
+        "--max-steps",
+        "60",
+        "--batch-size",
+        "8",
+        "--dataset",
+        "BasicMotions",
+        "--eval-every",
+        "0",
+    ]
+    metrics = load_recipe("time_series").main([*args, "--output-dir", str(out)])
+    control = load_recipe("time_series").main([*args, "--output-dir", str(tmp_path / "random"), "--init", "random"])
+    assert metrics["accuracy"] >= 0.9, metrics
+    assert metrics["accuracy"] >= control["accuracy"] + 0.2, (metrics, control)
     labels = json.loads((out / "adapter/labels.json").read_text())["id2label"]
     assert labels == {"0": "badminton", "1": "running", "2": "standing", "3": "walking"}
 
