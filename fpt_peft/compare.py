@@ -34,6 +34,7 @@ import os
 import shutil
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -181,6 +182,18 @@ def _load(settings: dict[str, Any]) -> Any:
         data = settings["data"]
         _TASKS[key] = load_task(data["task"], **data["options"])
     return _TASKS[key]
+
+
+def exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the comparison's process ``parent`` is gone (killed, not just
+    interrupted), instead of finishing its run and idling as an orphan."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def run_job(job: Job, settings: dict[str, Any], folder: str, threads: int | None = None) -> dict[str, Any]:
@@ -446,7 +459,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     bar = tqdm(total=len(jobs), initial=len(results), desc="compare: runs", unit="run")
     context = get_context("spawn")  # fresh processes: no CUDA or thread state is inherited
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(args.workers, context, initializer=exit_with_parent, initargs=(os.getpid(),))
+    with pool:
         pending: dict[Future[dict[str, Any]], Job] = {
             pool.submit(run_job, job, settings, str(runs_dir / job.name), threads): job for job in todo
         }

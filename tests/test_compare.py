@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,45 @@ def test_resume_runs_only_what_is_missing_and_ends_with_the_same_numbers(tiny: s
     assert after["arms"] == before["arms"] and after["differences"] == before["differences"]
     other = _one_error(_compare(*args[:-2], "--seeds", "3", "--resume"))
     assert "other settings" in other
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_end_when_the_comparison_is_killed(tiny: str, tmp_path: Path) -> None:
+    """SIGKILL on the comparison (no clean-up runs) still ends its worker processes mid-run, not after their runs."""
+    table = write_table(tmp_path / "t.csv")
+    out = tmp_path / "compare"
+    args = ["--data", str(table), "--label-column", "target", "--model", tiny, "--out-dir", str(out)]
+    args += ["--max-steps", "100000", "--eval-every", "100000", "--lrs", "1e-3", "--seeds", "2", "--workers", "2"]
+    command = [sys.executable, "-m", "fpt_peft.compare", *args, "--arms", "fpt_pretrained"]
+    parent = subprocess.Popen(command, cwd=ROOT, env=offline_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("runs/*/log.txt"))) < 2:  # both workers are inside a run
+            assert parent.poll() is None and time.monotonic() < deadline, parent.stderr and parent.stderr.read()
+            time.sleep(0.5)
+        workers = _children(parent.pid)
+        assert workers, "no worker processes found"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while (alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive, f"workers {alive} outlived the comparison"
+    assert not list(out.glob("runs/*.json")), "a 100000-step run cannot have finished"
 
 
 @pytest.mark.parametrize(

@@ -414,6 +414,32 @@ def gpu_difference(row: Row) -> dict[str, Any]:
     }
 
 
+COMPARED = {"bit XOR": "bit_xor", "bit memory": "bit_memory", "ListOps": "listops", "digits": "digits"}
+
+
+def compared(task: str) -> dict[str, Any]:
+    """A comparison's compare.json under benchmarks/results/compare/."""
+    return load(f"compare/{COMPARED[task]}/compare.json")
+
+
+def compare_arm(row: Row) -> dict[str, Any]:
+    """One arm of one task's comparison: mean [interval], per-seed test scores and the rates chosen on validation."""
+    arm = compared(row["task"])["arms"][row["arm"]]
+    rates = [lr for lr in arm["lr"] if lr is not None]
+    return {
+        "test, mean [95% interval]": [arm["mean"], *arm["ci95"]],
+        "per seed (0-4)": arm["test"],
+        "chosen rates": rates,
+    }
+
+
+def compare_difference(row: Row) -> dict[str, Any]:
+    """``fpt_pretrained`` minus one arm, paired by seed; the verdict is the file's."""
+    difference = compared(row["task"])["differences"][row["fpt_pretrained minus"]]
+    assert row["verdict"] == difference["verdict"], (row, difference["verdict"])
+    return {"mean [95% interval]": [difference["mean"], *difference["ci95"]]}
+
+
 ABLATION_PAPER = {"digits": ["MNIST", "CIFAR-10"], "bit_memory": ["Memory"]}
 
 
@@ -524,6 +550,8 @@ TABLES = [
     Check("Full size", "final % per lr, seed 0 (1e-3 / 3e-3)", ("--name full_size-bit_memory",), full_memory),
     Check("On a GPU", "init", (*FULL_SIZE_GPU_FILES, "gpu-full_size.png"), gpu_full),
     Check("On a GPU", "difference, points (seed 0, seed 1)", FULL_SIZE_GPU_FILES, gpu_difference),
+    Check("Does the frozen LM help? The library", "arm", ("benchmarks/results/compare/bit_xor",), compare_arm),
+    Check("Does the frozen LM help? The library", "fpt_pretrained minus", ("compare/listops",), compare_difference),
     Check("Ablation", "trained", ("ablation.json",), ablation),
     Check(
         "Time series",
