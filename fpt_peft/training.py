@@ -228,7 +228,10 @@ def train(
         )
     set_seed(args.seed)
     if model is None:
+        described = f"--model {args.model} ({args.init}, {args.finetune})"
         model = build_model(spec, args.model, seed=args.seed, **args.model_options())
+    else:
+        described = f"the given {type(model).__name__}"
     _check_outputs(accelerator, args, model, output_dir, spec.metric)
     # Both before the optimizer, so that it holds the final parameters (fused Adam: CUDA tensors; FSDP: shards).
     if sharding is not None:
@@ -309,8 +312,8 @@ def train(
         accelerator.init_trackers(spec.name, config=_tracker_config(args, task))
     accelerator.print(
         f"{spec.name}: {_describe_size(task.train)} train / {_describe_size(task.validation)} validation / "
-        f"{len(task.eval)} eval examples | --model {args.model} "
-        f"({args.init}, {args.finetune}) | trainable {sum(p.numel() for p in trainable):,} of {total:,} parameters | "
+        f"{len(task.eval)} eval examples | {described} | "
+        f"trainable {sum(p.numel() for p in trainable):,} of {total:,} parameters | "
         f"{n} process(es) on {accelerator.device}{_describe_sharding(sharding)} | {output_dir}"
     )
     if task.description:  # what was read, and the kind inferred (own data)

@@ -187,11 +187,14 @@ def test_intervals_are_student_t_and_verdicts_follow_them() -> None:
     assert _choose({**runs, 1e-4: {"validation": 0.9, "validation_loss": 0.9}}) == 1e-4
 
 
-def test_no_lm_trains_through_the_training_loop_and_reloads(tmp_path: Path) -> None:
+def test_no_lm_trains_through_the_training_loop_and_reloads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     task = own_data(write_table(tmp_path / "t.csv", rows=200), label_column="target")
     model = NoLM.for_task(task.spec, hidden_size=16)
     args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=60, eval_every=20, learning_rate=1e-2)
     metrics = train(task, args, model=model)
+    assert "eval examples | the given NoLM | trainable" in capsys.readouterr().out  # not the --model it did not build
     assert metrics["accuracy"] >= 0.8  # a linear target: chance is about 0.5
     reloaded = NoLM.from_pretrained(tmp_path / "run" / "adapter")
     batch = task.eval.with_format("torch")[:8]
