@@ -892,6 +892,34 @@ def _full_size_gpu() -> dict[str, Callable[[], Expected]]:
     }
 
 
+def _compare_evidence() -> dict[str, Callable[[], Expected]]:
+    xor, listops = compared("bit XOR"), compared("ListOps")
+
+    def mean(data: dict[str, Any], arm: str) -> Expected:
+        return [data["arms"][arm]["mean"]]
+
+    def difference(data: dict[str, Any], arm: str) -> Expected:
+        return [data["differences"][arm]["mean"], *data["differences"][arm]["ci95"]]
+
+    return {
+        "Pretrained FPT reads {} per bit": lambda: mean(xor, "fpt_pretrained"),
+        "frozen random MiniLM {}: chance": lambda: mean(xor, "fpt_random"),
+        "the LM) read {} on every seed": lambda: [min(min(xor["arms"][a]["test"]) for a in ("scratch", "attn_only"))],
+        "reads {}, above random's {} and far below pretrained's {}, on every seed": lambda: [
+            *mean(xor, "fpt_random_matched"),
+            *mean(xor, "fpt_random"),
+            *mean(xor, "fpt_pretrained"),
+        ],
+        "falls to {}: the pretrained": lambda: mean(xor, "shuffled"),
+        "{} against {} for random, {} [{}, {}], and {}": lambda: [
+            *mean(listops, "fpt_pretrained"),
+            *mean(listops, "fpt_random"),
+            *difference(listops, "fpt_random"),
+            listops["differences"]["no_lm"]["mean"],
+        ],
+    }
+
+
 def _ablation() -> dict[str, Callable[[], Expected]]:
     data = load("ablation.json")
     rungs = ["output only", "+ layer norms", "+ input", "+ positions"]
@@ -998,6 +1026,7 @@ PROSE = {
     ("Pretrained vs random", "pretrained_vs_random*.json"): _pretrained_vs_random,
     ("Full size", "full_size-*.json, cost-minilm-listops512.json"): _full_size,
     ("On a GPU", "gpu-full_*.json"): _full_size_gpu,
+    ("Does the frozen LM help? The library", "compare/*/compare.json"): _compare_evidence,
     ("Ablation", "ablation.json"): _ablation,
     ("Time series", "time_series.json, time_series-inputs.json"): _time_series,
     ("Command-line start-up", "cli_startup.json"): _cli,
