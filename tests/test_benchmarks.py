@@ -165,3 +165,13 @@ def test_paper_table_quick_runs_what_is_reachable_and_says_why_not(tmp_path: Pat
         assert "--model minilm (paper: gpt2)" in xor["differences"] and "--preset paper" in xor["command"]
         assert not mnist["run"] and "ylecun/mnist" in mnist["reason"]
     assert "not run [" in done.stdout and "ylecun/mnist" in done.stdout
+
+
+def test_xor_probe_quick_probes_the_frozen_network_and_the_raw_inputs(tmp_path: Path) -> None:
+    data = _run("xor_probe", tmp_path, "xor_probe-test")
+    probes = data["probes"]
+    readings = [f"pretrained, {r}, dropout {d}" for r in ("all tokens", "last token") for d in ("off", "on")]
+    assert list(probes) == ["raw inputs", *readings]
+    assert all(0.0 <= score <= 1.0 for score in probes.values())
+    assert probes["raw inputs"] <= 0.6  # no linear model of the inputs reads XOR: 0.5 per bit, up to sampling noise
+    assert data["settings"]["task_options"]["num_train"] == 200

@@ -415,6 +415,8 @@ def gpu_difference(row: Row) -> dict[str, Any]:
 
 
 COMPARED = {"bit XOR": "bit_xor", "bit memory": "bit_memory", "ListOps": "listops", "digits": "digits"}
+COMPARED |= {name: name for name in ("BasicMotions", "GunPoint", "ItalyPowerDemand", "ArrowHead", "JapaneseVowels")}
+COMPARED |= {"OSULeaf": "OSULeaf"}
 
 
 def compared(task: str) -> dict[str, Any]:
@@ -438,6 +440,15 @@ def compare_difference(row: Row) -> dict[str, Any]:
     difference = compared(row["task"])["differences"][row["fpt_pretrained minus"]]
     assert row["verdict"] == difference["verdict"], (row, difference["verdict"])
     return {"mean [95% interval]": [difference["mean"], *difference["ci95"]]}
+
+
+def compare_verdicts(row: Row) -> dict[str, Any]:
+    """A series set's verdicts (words only) against three arms, as its compare.json gives them."""
+    differences = compared(row["set"])["differences"]
+    for column, arm in (("random", "fpt_random"), ("no LM", "no_lm"), ("MiniRocket", "minirocket")):
+        shown = row[f"pretrained minus {column}"]
+        assert shown == differences[arm]["verdict"], (row["set"], arm, shown, differences[arm]["verdict"])
+    return {}
 
 
 ABLATION_PAPER = {"digits": ["MNIST", "CIFAR-10"], "bit_memory": ["Memory"]}
@@ -552,6 +563,7 @@ TABLES = [
     Check("On a GPU", "difference, points (seed 0, seed 1)", FULL_SIZE_GPU_FILES, gpu_difference),
     Check("Does the frozen LM help? The library", "arm", ("benchmarks/results/compare/bit_xor",), compare_arm),
     Check("Does the frozen LM help? The library", "fpt_pretrained minus", ("compare/listops",), compare_difference),
+    Check("Does the frozen LM help? The library", "pretrained minus random", ("compare/OSULeaf",), compare_verdicts),
     Check("Ablation", "trained", ("ablation.json",), ablation),
     Check(
         "Time series",
@@ -894,6 +906,7 @@ def _full_size_gpu() -> dict[str, Callable[[], Expected]]:
 
 def _compare_evidence() -> dict[str, Callable[[], Expected]]:
     xor, listops = compared("bit XOR"), compared("ListOps")
+    digits, memory = compared("digits"), compared("bit memory")
 
     def mean(data: dict[str, Any], arm: str) -> Expected:
         return [data["arms"][arm]["mean"]]
@@ -911,6 +924,24 @@ def _compare_evidence() -> dict[str, Callable[[], Expected]]:
             *mean(xor, "fpt_pretrained"),
         ],
         "falls to {}: the pretrained": lambda: mean(xor, "shuffled"),
+        "{} against {} for random ({} [{}, {}]), but `no_lm` reads {}": lambda: [
+            *mean(digits, "fpt_pretrained"),
+            *mean(digits, "fpt_random"),
+            *difference(digits, "fpt_random"),
+            *mean(digits, "no_lm"),
+        ],
+        "*hurts* against it ({} [{}, {}])": lambda: difference(digits, "no_lm"),
+        "logistic regression ({}) and a random forest ({})": lambda: [
+            *mean(digits, "logistic_regression"),
+            *mean(digits, "random_forest"),
+        ],
+        "{} against {} ({} [{}, {}]); against `no_lm` ({}) no difference is detected ({} [{}, {}])": lambda: [
+            *mean(memory, "fpt_pretrained"),
+            *mean(memory, "fpt_random"),
+            *difference(memory, "fpt_random"),
+            *mean(memory, "no_lm"),
+            *difference(memory, "no_lm"),
+        ],
         "{} against {} for random, {} [{}, {}], and {}": lambda: [
             *mean(listops, "fpt_pretrained"),
             *mean(listops, "fpt_random"),
