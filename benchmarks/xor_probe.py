@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS_DIR, environment, format_table, write_json
+from benchmarks.common import RESULTS_DIR, bar_plot, environment, format_table, write_json
 from fpt_peft.compare import TASK_DEFAULTS
 from fpt_peft.data import load_task
 from fpt_peft.modeling import Init, build_model
@@ -95,7 +95,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "probes": probes,
     }
-    print(f"Wrote {write_json(args.name, data, args.out_dir)}")
+    groups: dict[str, dict[str, float]] = {"raw inputs": {"raw inputs": probes["raw inputs"]}}
+    for key, score in probes.items():
+        if key != "raw inputs":
+            backbone, reading = key.split(", ", 1)
+            groups.setdefault(reading, {})[backbone] = score
+    bar_plot(args.name, [("probe per-bit test accuracy (chance 0.5)", groups)], args.out_dir)
+    print(f"Wrote {write_json(args.name, data, args.out_dir)} and its plot")
     return data
 
 

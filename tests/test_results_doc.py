@@ -907,6 +907,7 @@ def _full_size_gpu() -> dict[str, Callable[[], Expected]]:
 def _compare_evidence() -> dict[str, Callable[[], Expected]]:
     xor, listops = compared("bit XOR"), compared("ListOps")
     digits, memory = compared("digits"), compared("bit memory")
+    probes = load("xor_probe.json")["probes"]
 
     def mean(data: dict[str, Any], arm: str) -> Expected:
         return [data["arms"][arm]["mean"]]
@@ -924,6 +925,15 @@ def _compare_evidence() -> dict[str, Callable[[], Expected]]:
             *mean(xor, "fpt_pretrained"),
         ],
         "falls to {}: the pretrained": lambda: mean(xor, "shuffled"),
+        "as well as from pretrained: {} against {} from every token, {} against {} from the last token": lambda: [
+            probes[f"{init}, {reading}, dropout off"]
+            for reading in ("all tokens", "last token")
+            for init in ("random", "pretrained")
+        ],
+        "where the raw inputs give {}": lambda: [probes["raw inputs"]],
+        "the last token gives {} (random) and {} (pretrained)": lambda: [
+            probes[f"{init}, last token, dropout on"] for init in ("random", "pretrained")
+        ],
         "{} against {} for random ({} [{}, {}]), but `no_lm` reads {}": lambda: [
             *mean(digits, "fpt_pretrained"),
             *mean(digits, "fpt_random"),
@@ -1057,7 +1067,7 @@ PROSE = {
     ("Pretrained vs random", "pretrained_vs_random*.json"): _pretrained_vs_random,
     ("Full size", "full_size-*.json, cost-minilm-listops512.json"): _full_size,
     ("On a GPU", "gpu-full_*.json"): _full_size_gpu,
-    ("Does the frozen LM help? The library", "compare/*/compare.json"): _compare_evidence,
+    ("Does the frozen LM help? The library", "compare/*/compare.json, xor_probe.json"): _compare_evidence,
     ("Ablation", "ablation.json"): _ablation,
     ("Time series", "time_series.json, time_series-inputs.json"): _time_series,
     ("Command-line start-up", "cli_startup.json"): _cli,
