@@ -56,6 +56,13 @@ class TrainingArguments:
         default=0.0,
         metadata={"help": "Dropout after the new continuous input layer, in [0, 1) (official code: 0.1)."},
     )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "choices": ("float32", "bfloat16", "float16"),
+            "help": "dtype of the frozen backbone (default: as saved). FPT's trainable copies stay float32.",
+        },
+    )
     embedding_init: str = field(
         default="scaled",
         metadata={
@@ -80,6 +87,14 @@ class TrainingArguments:
             "choices": ("no", "bf16", "fp16"),
             "help": "Mixed precision (Accelerate; default: the accelerate config's or launch flag's, else no).",
         },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the model (Accelerate's dynamo plugin, inductor backend)."},
+    )
+    tf32: bool = field(
+        default=False,
+        metadata={"help": "TensorFloat-32 matrix products in float32 (CUDA only; torch's default is off)."},
     )
     eval_every: int = field(
         default=200, metadata={"help": "Evaluate on the validation split every N steps (0: only at the end)."}
@@ -170,6 +185,7 @@ class TrainingArguments:
             "num_layers": self.num_layers,
             "input_dropout": self.input_dropout,
             "embedding_init": self.embedding_init,
+            "dtype": self.dtype,
         }
 
 

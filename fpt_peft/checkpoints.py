@@ -378,13 +378,13 @@ def install_adapter_state_hooks(accelerator: Accelerator) -> None:
 
     def save_hook(models: list[torch.nn.Module], weights: list[dict[str, Any]], output_dir: str) -> None:
         for i, model in enumerate(models):
-            state = accelerator.unwrap_model(model).state_dict()
+            state = accelerator.unwrap_model(model, keep_torch_compile=False).state_dict()
             weights[i] = {k: v.detach().contiguous() for k, v in state.items() if is_adapter_key(k)}
 
     def load_hook(models: list[torch.nn.Module], input_dir: str) -> None:
         if len(models) != 1:
             raise ValueError(f"Expected one model to restore, got {len(models)}.")
-        model = accelerator.unwrap_model(models.pop())
+        model = accelerator.unwrap_model(models.pop(), keep_torch_compile=False)
         saved = load_file(os.path.join(input_dir, WEIGHTS_NAME))
         expected = {k for k in model.state_dict() if is_adapter_key(k)}
         missing, unexpected = sorted(expected - set(saved)), sorted(set(saved) - expected)

@@ -11,6 +11,7 @@ adapter, for ``PeftModel.from_pretrained``), ``metrics.json`` and, with ``--log-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -170,6 +171,14 @@ def _stream_batches(
         yield {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
 
 
+def make_optimizer(
+    params: Sequence[torch.nn.Parameter], args: TrainingArguments, device: torch.device
+) -> torch.optim.Adam:
+    """The paper's Adam over ``params``: fused (one kernel for every tensor) on CUDA, torch's default elsewhere."""
+    fused = True if device.type == "cuda" else None
+    return torch.optim.Adam(params, lr=args.learning_rate, weight_decay=args.weight_decay, fused=fused)
+
+
 def _tracker_config(args: TrainingArguments, task: TaskData) -> dict[str, Any]:
     config = {k: ("" if v is None else v) for k, v in asdict(args).items()}  # tensorboard hparams refuse None
     config["task"] = task.spec.name
@@ -196,6 +205,29 @@ def train(
     preset: PresetReport | None = getattr(args, "preset_report", None)  # from parse_recipe_args (recipes)
     if isinstance(args, argparse.Namespace):
         args = TrainingArguments.from_namespace(args)
+    if args.tf32 and (args.cpu or not torch.cuda.is_available()):
+        raise ValueError("--tf32 is a CUDA matrix-product mode, and this run has no CUDA device; leave it out.")
+    with float32_matmul_precision("high" if args.tf32 else None):
+        return _train(task, args, model, preset)
+
+
+@contextlib.contextmanager
+def float32_matmul_precision(precision: str | None) -> typing.Iterator[None]:
+    """``torch.set_float32_matmul_precision(precision)`` inside the block (``"high"``: TensorFloat-32 matrix products
+    on CUDA), the previous setting restored after it; None changes nothing."""
+    previous = torch.get_float32_matmul_precision()
+    if precision is not None:
+        torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _train(
+    task: TaskData, args: TrainingArguments, model: torch.nn.Module | None, preset: PresetReport | None
+) -> dict[str, float]:
+    """:func:`train` with its arguments converted and the float32 matrix-product precision set."""
     if model is not None and args.model_options() != TrainingArguments().model_options():
         raise ValueError(  # they describe a model this run would not build
             "train(..., model=...) trains the model it is given; leave the model options of args (init, finetune, "
@@ -210,12 +242,19 @@ def train(
         raise ValueError("--early-stopping-patience needs a validation split: pass --validation-fraction above 0.")
 
     sharding = requested_sharding()  # before Accelerator, which fails on CPU for an FSDP1 config
+    if args.compile and sharding is not None:
+        raise ValueError(
+            "--compile is not supported with sharded (FSDP) training: the sharded model is not prepared by "
+            "Accelerate, which is what compiles it. Leave out --compile or train without the FSDP config."
+        )
     accelerator = Accelerator(
         # Without CUDA, cpu=True is what turns `accelerate launch --multi_gpu --num_processes N` into one gloo group.
         cpu=args.cpu or not torch.cuda.is_available(),
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.log_with,
+        # None: Accelerate's own setting (`accelerate launch --dynamo_backend`, its config or ACCELERATE_DYNAMO_*).
+        dynamo_backend="inductor" if args.compile else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     if preset is not None and preset.preset == "paper":  # otherwise in metrics.json and the card only
@@ -257,12 +296,7 @@ def train(
     validation_loader = None
     if task.validation is not None:
         validation_loader = DataLoader(task.validation, batch_size=eval_batch, **loader_options)
-    optimizer = torch.optim.Adam(
-        trainable,
-        lr=args.learning_rate,
-        weight_decay=args.weight_decay,
-        fused=True if accelerator.device.type == "cuda" else None,
-    )
+    optimizer = make_optimizer(trainable, args, accelerator.device)
     # Accelerate steps a prepared scheduler once per process per optimizer step, hence the scaling.
     n = accelerator.num_processes
     schedule = "constant_with_warmup" if args.lr_scheduler == "constant" and args.warmup_steps else args.lr_scheduler
@@ -595,7 +629,7 @@ def _save_adapter(
     state = gather_adapter_state(model, accelerator.device) if is_sharded(model) else None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        adapter = accelerator.unwrap_model(model)
+        adapter = accelerator.unwrap_model(model, keep_torch_compile=False)
         configs = getattr(adapter, "peft_config", None)  # None: a control model (``train(..., model=...)``)
         base = configs[adapter.active_adapter].base_model_name_or_path if configs else None
         card = (
@@ -646,6 +680,7 @@ def _card_setup(args: TrainingArguments, accelerator: Accelerator, sharded: bool
         "parallelism": "sharded (FSDP2)" if sharded else "data parallel" if accelerator.num_processes > 1 else "none",
         "steps": args.max_steps,
         "mixed precision": accelerator.mixed_precision,
+        "backbone dtype": args.dtype or "as saved",
         "seed": args.seed,
     }
 
