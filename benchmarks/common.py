@@ -62,7 +62,10 @@ def load_base(name: str, device: str = "cpu", seed: int = 0) -> transformers.Pre
     elif name in GPT2_SHAPES:
         torch.manual_seed(seed)
         layers, width, heads = GPT2_SHAPES[name]
-        model = transformers.AutoModel.from_config(transformers.GPT2Config(n_layer=layers, n_embd=width, n_head=heads))
+        with torch.device(device):  # initialised where it runs: GPT-2 XL's 1.6B weights load in seconds on a GPU
+            model = transformers.AutoModel.from_config(
+                transformers.GPT2Config(n_layer=layers, n_embd=width, n_head=heads)
+            )
     elif name == "tiny-bert":
         torch.manual_seed(seed)
         config = transformers.BertConfig(
@@ -187,13 +190,17 @@ def build_variant(
     input_vocab_size: int | None = None,
     device: str = "cpu",
     adam: str = "fused",
+    checkpointing: bool = False,
 ) -> Variant:
     """Build set-up ``name`` (one of :data:`VARIANTS`) on a freshly loaded backbone.
 
     Every set-up gets the same backbone weights and the same seed for its new layers; all are in training mode
-    (dropout on).
+    (dropout on). ``checkpointing``: activation checkpointing of every transformer layer (Transformers'
+    ``activation_checkpointing_enable``, non-reentrant), which keeps each layer's input and recomputes the rest.
     """
     base = load_base(model_name, device)
+    if checkpointing:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(1)
     model: nn.Module
     if name == "fpt_peft":

@@ -19,6 +19,7 @@ the peak memory of the training steps above what the loaded model already held (
 ``getrusage``; CUDA: ``torch.cuda.max_memory_allocated``). FLOPs come from ``torch.utils.flop_counter``, and the
 activations autograd keeps for the backward from ``saved_tensors_hooks``.
 
+``--checkpointing`` recomputes each layer in the backward; ``--profile`` records the top operators by self time.
 ``--precision`` trains in ``fp32``, ``tf32`` (CUDA matrix products in TensorFloat-32) or ``bf16`` (weights in
 float32, the forward under ``torch.autocast`` in bfloat16, as Accelerate's ``mixed_precision="bf16"``); ``--compile``
 times ``torch.compile`` of each model (FLOPs and activations are counted on the model itself). The achieved rate
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils import flop_counter
 
 from benchmarks.common import (
@@ -80,7 +82,13 @@ Batch = dict[str, torch.Tensor]
 def variant_for(name: str, args: argparse.Namespace) -> Variant:
     """Build set-up ``name`` with the sizes in ``args``, computing in ``args.precision`` (eager: not compiled)."""
     variant = build_variant(
-        name, args.model, args.output_dim, input_dim=args.input_dim, device=args.device, adam=args.adam
+        name,
+        args.model,
+        args.output_dim,
+        input_dim=args.input_dim,
+        device=args.device,
+        adam=args.adam,
+        checkpointing=args.checkpointing,
     )
     if args.precision != "bf16":
         return variant
@@ -232,7 +240,8 @@ def memory_in_subprocesses(args: argparse.Namespace, variants: tuple[str, ...]) 
 
 def _shared_arguments(args: argparse.Namespace) -> list[str]:
     keys = ("model", "device", "batch", "seq", "input_dim", "output_dim", "adam", "warmup", "threads", "precision")
-    return [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in keys] + ["--compile"] * args.compile
+    flags = ["--compile"] * args.compile + ["--checkpointing"] * args.checkpointing
+    return [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in keys] + flags
 
 
 # ---------------------------------------------------------------------- timing (all set-ups in this process)
@@ -266,6 +275,9 @@ def measure_time(args: argparse.Namespace, variants: tuple[str, ...]) -> dict[st
                 [median(s[i] for s in steps) * 1e3 for i in range(3)] + [median(map(sum, steps)) * 1e3]
             )
         order = order[1:] + order[:1]
+    if args.profile:
+        for name, variant in built.items():
+            results[name]["profile"] = top_kernels(variant, batch, args)
     for name, per_round in rounds.items():
         results[name].update(
             step_ms=median(r[3] for r in per_round),
@@ -275,6 +287,34 @@ def measure_time(args: argparse.Namespace, variants: tuple[str, ...]) -> dict[st
             optimizer_ms=median(r[2] for r in per_round),
         )
     return results
+
+
+def top_kernels(variant: Variant, batch: Batch, args: argparse.Namespace, top: int = 12) -> list[dict[str, Any]]:
+    """The operators (CUDA: kernels) that take a training step's time, by self time over ``args.steps`` steps."""
+    cuda = args.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda
+    with profile(activities=activities) as profiler:
+        for _ in range(args.steps):
+            train_step(variant, batch, args.device)
+    events = [e for e in profiler.key_averages() if e.key != "ProfilerStep*"]
+
+    def self_us(event: Any) -> float:  # torch < 2.4 names the device time "cuda"
+        if not cuda:
+            return float(event.self_cpu_time_total)
+        device_time: Any = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        return float(device_time)
+
+    total = sum(map(self_us, events)) or 1.0
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    return [
+        {
+            "name": e.key,
+            "self_ms_per_step": self_us(e) / 1e3 / args.steps,
+            "share": self_us(e) / total,
+            "calls_per_step": e.count / args.steps,
+        }
+        for e in ranked
+    ]
 
 
 # ---------------------------------------------------------------------- report
@@ -351,6 +391,7 @@ def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dic
         "repeats",
         "precision",
         "compile",
+        "checkpointing",
     )
     plain = variants.get("plain_fpt")
     data = {
@@ -402,6 +443,10 @@ def report(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> dic
     print(format_table(headers, rows))
     if plain is not None:
         print(f"fpt_peft step time vs plain PyTorch FPT: {data['fpt_peft_overhead_vs_plain_fpt']:+.1%}")
+    for name, values in variants.items():
+        if "profile" in values:
+            kernels = ", ".join(f"{k['name']} {k['share']:.0%}" for k in values["profile"][:5])
+            print(f"{name}: top self time: {kernels}")
     print(f"wrote {json_path} and {png_path}")
     return data
 
@@ -423,6 +468,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5; GPT-2 shapes 3)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), tf32 (CUDA), bf16")
     parser.add_argument("--compile", action="store_true", help="time torch.compile of each model")
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="activation checkpointing of every layer (recompute in backward)"
+    )
+    parser.add_argument("--profile", action="store_true", help="record each set-up's top kernels by self time")
     parser.add_argument("--repeats", type=int, default=5, help="rounds; the median is reported")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny batch, one step)")

@@ -175,3 +175,42 @@ def test_xor_probe_quick_probes_the_frozen_network_and_the_raw_inputs(tmp_path: 
     assert all(0.0 <= score <= 1.0 for score in probes.values())
     assert probes["raw inputs"] <= 0.6  # no linear model of the inputs reads XOR: 0.5 per bit, up to sampling noise
     assert data["settings"]["task_options"]["num_train"] == 200
+
+
+def test_gpu_suite_quick_runs_every_step_it_can_and_says_why_it_skips_the_rest(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    command = [sys.executable, "-m", "benchmarks.gpu_suite", "--quick", "--device=cpu", f"--out-dir={out}"]
+    result = subprocess.run(command, cwd=ROOT, env=offline_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bit_memory.png", "cost.png", "memory.png", "suite.json", "suite.log"]
+    assert all((out / name).stat().st_size > 1000 for name in files if name.endswith(".png"))
+    data = json.loads((out / "suite.json").read_text())
+    assert data["versions"]["torch"] and data["can"]["bf16"] is True
+    assert "CUDA" in data["can"]["tf32"]  # a reason, not a bare False
+    steps = data["steps"]
+    assert steps["cost-tf32"]["status"] == "skipped" and "CUDA" in steps["cost-tf32"]["reason"]
+    assert steps["cost-xl"]["status"] == "skipped" and steps["cost-xl"]["reason"]
+    ran = [name for name, step in steps.items() if step["status"] != "skipped"]
+    assert ran == ["cost-fp32", "cost-bf16", "cost-bf16-compile", "largest-batch-tiny-bert", "bit-memory"]
+    assert all(steps[name]["status"] == "ok" and steps[name]["seconds"] > 0 for name in ran), steps
+    for name in ("cost-fp32", "cost-bf16", "cost-bf16-compile"):
+        fpt = steps[name]["results"]["variants"]["fpt_peft"]
+        assert fpt["share_of_matmul_rate"] > 0 and fpt["achieved_tflops"] > 0, name
+    compiled = steps["cost-bf16-compile"]["results"]
+    assert compiled["settings"]["compile"] and compiled["settings"]["precision"] == "bf16"
+    profile = compiled["variants"]["fpt_peft"]["profile"]
+    assert len(profile) >= 5 and 0 < sum(k["share"] for k in profile) <= 1.0001
+    batches = steps["largest-batch-tiny-bert"]["results"]["variants"]
+    # Checkpointing keeps one tensor per layer instead of every activation: a larger batch fits, for both set-ups.
+    for setup in ("fpt_peft", "full"):
+        assert batches[f"{setup} + checkpointing"]["largest_batch"] > 2 * batches[setup]["largest_batch"] > 0
+    assert batches["full"]["fixed_bytes"] > 2 * batches["fpt_peft"]["fixed_bytes"]  # weights' grads and Adam state
+    runs = steps["bit-memory"]["results"]
+    assert {r["label"] for r in runs["runs"]} == {"pretrained", "random"}
+    log = (out / "suite.log").read_text()
+    assert "[cost-tf32] skipped" in log and "[bit-memory] ok" in log
+    (out / "notes.txt").write_text("mine")
+    again = subprocess.run(command, cwd=ROOT, env=offline_env(), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "holds other files than a suite's" in again.stderr  # never mixed with others
+    assert json.loads((out / "suite.json").read_text()) == data

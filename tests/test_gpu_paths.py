@@ -212,3 +212,59 @@ def test_compile_with_a_sharded_run_is_refused_with_one_line(tmp_path: Path) -> 
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "--compile is not supported with sharded (FSDP) training" in errors[0], errors
     assert os.listdir(tmp_path) == [] or not (tmp_path / "adapter").exists()
+
+
+def test_activation_checkpointing_recomputes_the_same_gradients_down_to_the_input_layer() -> None:
+    from benchmarks.common import build_variant, make_batch
+
+    batch = make_batch(2, 16, 10, input_dim=48)
+    grads = {}
+    for checkpointing in (False, True):
+        variant = build_variant("fpt_peft", "tiny-bert", 10, input_dim=48, checkpointing=checkpointing)
+        variant.model.eval()  # no dropout: the two runs must compute the same numbers
+        assert variant.model.get_base_model().is_gradient_checkpointing is checkpointing
+        variant.loss(**batch).backward()
+        grads[checkpointing] = {n: p.grad for n, p in variant.model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys()
+    assert any("layer.0." in n for n in grads[True]) and any("fpt_input" in n for n in grads[True]), list(grads[True])
+    for name, grad in grads[False].items():
+        assert grad is not None and grads[True][name] is not None, name
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_largest_batch_search_doubles_then_bisects_to_a_sixteenth() -> None:
+    from benchmarks.largest_batch import largest
+
+    for limit in (1, 5, 37, 300, 1000):
+        tried: list[int] = []
+
+        def fits(batch: int, limit: int = limit, tried: list[int] = tried) -> bool:
+            tried.append(batch)
+            return batch <= limit
+
+        found = largest(fits, 4096)
+        assert limit * 15 / 16 <= found <= limit, (limit, found, tried)
+        assert len(tried) <= 2 * limit.bit_length() + 2
+    assert largest(lambda b: False, 64) == 0
+    assert largest(lambda b: True, 100) == 64  # the cap: never a batch above --max-batch
+
+
+def test_gpu_suite_refuses_a_full_run_without_cuda_and_a_folder_of_other_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import gpu_suite
+
+    for argv, message in (
+        ([f"--out-dir={tmp_path / 'new'}", "--device=cpu"], "without a CUDA device only --quick runs"),
+        ([f"--out-dir={tmp_path}", "--quick", "--device=cpu"], "holds other files than a suite's"),
+    ):
+        (tmp_path / "kept.txt").write_text("a result")
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_suite.parse_args(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and (tmp_path / "kept.txt").read_text() == "a result"
+    previous = tmp_path / "previous"  # a previous suite's folder is accepted: a second run replaces its files
+    previous.mkdir()
+    for name in gpu_suite.FILES:
+        (previous / name).write_text("old")
+    assert gpu_suite.parse_args([f"--out-dir={previous}", "--quick", "--device=cpu"]).out_dir == previous
