@@ -24,8 +24,8 @@ Anything starting with ``.tmp-`` is ignored by :func:`latest_checkpoint` and rem
 recorded sizes; before a resume, :func:`verify_checkpoint` checks the digests as well, and the trainer falls back to
 the previous checkpoint if the latest one was damaged after it was written.
 
-Tests inject faults through the environment variable :data:`FAULT_ENV` (see :func:`fault_point`): a trace of the
-save phases, a pause in each, or a SIGKILL on entering one.
+Each step of the protocol is a function of its own (:func:`_create_temporary_folder`, ``accelerator.save_state``,
+:func:`_write_manifest`, :func:`_publish`, :func:`_prune`), so that the kill tests can stop a save between any two.
 """
 
 from __future__ import annotations
@@ -39,10 +39,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,13 +59,6 @@ MANIFEST_NAME = "checkpoint.json"
 MANIFEST_FORMAT = 1
 # Checkpoints written by fpt-peft 0.1.0 have no manifest; they count as complete when these files are there.
 LEGACY_FILES = (WEIGHTS_NAME, "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl")
-
-# Testing hook (fault injection), read at every phase of a save. Comma-separated directives:
-#   trace=PATH          append "<step> <phase>" to PATH on entering each phase
-#   pause=SECONDS       sleep at each phase, so that an external kill can land inside a checkpoint write
-#   kill=PHASE[@STEP]   SIGKILL this process on entering PHASE (of the save of STEP)
-FAULT_ENV = "FPT_PEFT_CHECKPOINT_FAULT"
-SAVE_PHASES = ("temp_created", "between_files", "files_written", "synced", "renamed", "pruning", "done")
 
 
 class CheckpointError(ValueError):
@@ -89,29 +80,12 @@ class TrainingProgress:
 
     def state_dict(self) -> dict[str, int]:
         """For ``accelerator.register_for_checkpointing`` (saved after the model, optimizer and RNG files)."""
-        fault_point("between_files", self.step)
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """For ``accelerator.load_state``."""
         for key, value in state.items():
             setattr(self, key, int(value))
-
-
-def fault_point(phase: str, step: int) -> None:
-    """Run the fault-injection directives of :data:`FAULT_ENV` for ``phase`` (tests only; a no-op when unset)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    for directive in spec.split(","):
-        key, _, value = directive.strip().partition("=")
-        if key == "trace":
-            with open(value, "a", encoding="utf-8") as handle:
-                handle.write(f"{step} {phase}\n")
-        elif key == "pause":
-            time.sleep(float(value))
-        elif key == "kill" and value in (phase, f"{phase}@{step}"):
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpoint_name(step: int) -> str:
@@ -138,7 +112,7 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def _problem(folder: Path, digests: bool) -> str | None:
+def _why_incomplete(folder: Path, digests: bool) -> str | None:
     """Why ``folder`` is not a complete checkpoint, or None if it is."""
     if not folder.is_dir():
         return "no such folder"
@@ -165,7 +139,7 @@ def _problem(folder: Path, digests: bool) -> str | None:
 
 def verify_checkpoint(folder: str | os.PathLike[str]) -> None:
     """Raise :class:`CheckpointError` unless ``folder`` is a complete checkpoint whose files match its manifest."""
-    problem = _problem(Path(folder), digests=True)
+    problem = _why_incomplete(Path(folder), digests=True)
     if problem is not None:
         raise CheckpointError(f"Checkpoint {str(folder)!r} is incomplete or damaged: {problem}.")
 
@@ -180,7 +154,7 @@ def list_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found) if _problem(p, digests=False) is None]
+    return [p for _, p in sorted(found) if _why_incomplete(p, digests=False) is None]
 
 
 def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
@@ -268,10 +242,9 @@ def _write_manifest(folder: Path, step: int, num_processes: int) -> None:
         fsync_dir(sub)
 
 
-def _discard(root: Path, folders: Iterable[Path], step: int) -> None:
-    """Delete ``folders`` (under ``root``, during the save of ``step``) so that a kill at any moment leaves no
-    half-deleted checkpoint: each is renamed to a ``.tmp-`` name first (atomic, made durable), and only then removed.
-    """
+def _delete_atomically(root: Path, folders: Iterable[Path]) -> None:
+    """Delete ``folders`` (under ``root``) so that a kill at any moment leaves no half-deleted checkpoint: each is
+    renamed to a ``.tmp-`` name first (atomic, made durable), and only then removed."""
     moved = []
     for folder in folders:
         trash = root / f"{TEMP_PREFIX}delete-{folder.name}"
@@ -281,8 +254,12 @@ def _discard(root: Path, folders: Iterable[Path], step: int) -> None:
     if moved:
         fsync_dir(root)
     for trash in moved:
-        fault_point("pruning", step)
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove_renamed(trash)
+
+
+def _remove_renamed(trash: Path) -> None:
+    """Remove a folder :func:`_delete_atomically` has renamed out of the way."""
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _remove_temporary(root: Path) -> None:
@@ -301,41 +278,56 @@ def save_checkpoint(
     root: str | os.PathLike[str],
     step: int,
     keep: int,
-    save_more: Callable[[Path], None] | None = None,
+    write_extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Save the training state after ``step`` steps atomically and durably (all processes call this).
 
-    ``save_more(folder)``, if given, is called on every process after ``accelerator.save_state`` to write more files
-    into the checkpoint (the sharded state of :mod:`fpt_peft.sharding`); they are part of its manifest.
+    ``write_extra_files(folder)``, if given, is called on every process after ``accelerator.save_state`` to write
+    more files into the checkpoint (the sharded state of :mod:`fpt_peft.sharding`); they are part of its manifest.
     Keeps the last ``keep`` complete checkpoints (at least this one); see the module docstring for the protocol.
     """
     root = Path(root)
-    final = root / checkpoint_name(step)
-    temp = root / f"{TEMP_PREFIX}{final.name}"
+    temp = root / f"{TEMP_PREFIX}{checkpoint_name(step)}"
     if accelerator.is_main_process:
-        _make_dirs(root)
-        _remove_temporary(root)
-        temp.mkdir()
-        fault_point("temp_created", step)
+        _create_temporary_folder(root, step)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temp))
-    if save_more is not None:
-        save_more(temp)
+    if write_extra_files is not None:
+        write_extra_files(temp)
     accelerator.wait_for_everyone()
+    final = root / checkpoint_name(step)
     if accelerator.is_main_process:
-        fault_point("files_written", step)
         _write_manifest(temp, step, accelerator.num_processes)
-        fault_point("synced", step)
-        if final.exists():  # an incomplete or damaged folder of that name (a complete one would have been resumed)
-            _discard(root, [final], step)
-        os.replace(temp, final)
-        fsync_dir(root)
-        fault_point("renamed", step)
-        complete = list_checkpoints(root)
-        _discard(root, [p for p in complete[: -max(keep, 1)] if p != final], step)
-        fault_point("done", step)
+        _publish(temp, final)
+        _prune(root, keep, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _create_temporary_folder(root: Path, step: int) -> Path:
+    """Step 1 begins: ``<root>/.tmp-step_XXXXXX``, empty, after removing what killed saves left in ``root``."""
+    _make_dirs(root)
+    _remove_temporary(root)
+    temp = root / f"{TEMP_PREFIX}{checkpoint_name(step)}"
+    temp.mkdir()
+    return temp
+
+
+def _publish(temp: Path, final: Path) -> None:
+    """Step 2: rename the complete, synced ``temp`` to ``final`` (atomic, made durable); the checkpoint now exists.
+
+    A folder already named ``final`` is incomplete or damaged (a complete one would have been resumed): deleted first.
+    """
+    if final.exists():
+        _delete_atomically(final.parent, [final])
+    os.replace(temp, final)
+    fsync_dir(final.parent)
+
+
+def _prune(root: Path, keep: int, final: Path) -> None:
+    """Step 3: delete the complete checkpoints before the last ``keep`` (never ``final``, the one just written)."""
+    complete = list_checkpoints(root)
+    _delete_atomically(root, [p for p in complete[: -max(keep, 1)] if p != final])
 
 
 def remove_checkpoints(root: str | os.PathLike[str]) -> None:
@@ -352,7 +344,7 @@ def remove_checkpoints(root: str | os.PathLike[str]) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def set_aside(folder: str | os.PathLike[str]) -> Path:
+def set_aside_damaged(folder: str | os.PathLike[str]) -> Path:
     """Rename a damaged checkpoint to ``step_XXXXXX.damaged[-N]`` (kept for inspection, never listed or pruned)."""
     folder = Path(folder)
     target = folder.with_name(f"{folder.name}.damaged")
@@ -449,7 +441,7 @@ def estimate_save_bytes(model: torch.nn.Module) -> int:
     return SAVE_MARGIN_BYTES + sum(t.numel() * t.element_size() for name, t in tensors if is_adapter_key(name))
 
 
-def _exchange(first: Path, second: Path) -> bool:
+def _rename_exchange(first: Path, second: Path) -> bool:
     """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)
@@ -539,7 +531,7 @@ def _pid_alive(pid: int) -> bool:
 def _swap_in(temp: Path, final: Path) -> None:
     """Put the complete folder ``temp`` at ``final`` atomically; ``temp`` is gone afterwards."""
     for _ in range(100):  # another writer may create or swap ``final`` between two of these calls
-        if _exchange(temp, final):
+        if _rename_exchange(temp, final):
             fsync_dir(final.parent)
             shutil.rmtree(temp, ignore_errors=True)  # now the adapter that was there before
             return

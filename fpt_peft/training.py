@@ -44,7 +44,7 @@ from .checkpoints import (
     remove_checkpoints,
     save_adapter,
     save_checkpoint,
-    set_aside,
+    set_aside_damaged,
     verify_checkpoint,
 )
 from .data.spec import TaskData
@@ -321,15 +321,15 @@ def _train(
     best = BestStep()
     accelerator.register_for_checkpointing(progress)
     accelerator.register_for_checkpointing(best)
-    save_more = load_more = None
+    write_sharded_state = read_sharded_state = None
     if sharding is None:
         install_adapter_state_hooks(accelerator)
     else:
 
-        def save_more(folder: Path) -> None:
+        def write_sharded_state(folder: Path) -> None:
             save_sharded_state(model, optimizer, folder / SHARDED_STATE_DIR)
 
-        def load_more(folder: Path) -> None:
+        def read_sharded_state(folder: Path) -> None:
             load_sharded_state(model, optimizer, folder / SHARDED_STATE_DIR)
 
     checkpoints = output_dir / "checkpoints"
@@ -338,7 +338,7 @@ def _train(
     accelerator.wait_for_everyone()
     set_seed(args.seed, device_specific=True)  # dropout differs per process; a resume restores the saved states
     if args.resume or args.resume_if_possible:
-        _resume(accelerator, checkpoints, progress, strict=args.resume, load_more=load_more)
+        _resume(accelerator, checkpoints, progress, strict=args.resume, read_sharded_state=read_sharded_state)
     else:
         accelerator.print(f"Training afresh into {output_dir}.")
 
@@ -441,7 +441,7 @@ def _train(
                     if stop:
                         accelerator.print(f"Early stop at step {step}: {patience} evaluations without a better one.")
                 if saves or stop:
-                    save_checkpoint(accelerator, checkpoints, step, args.keep_checkpoints, save_more)
+                    save_checkpoint(accelerator, checkpoints, step, args.keep_checkpoints, write_sharded_state)
                 if step >= args.max_steps or stop:
                     break
             else:
@@ -566,10 +566,10 @@ def _resume(
     checkpoints: Path,
     progress: TrainingProgress,
     strict: bool,
-    load_more: typing.Callable[[Path], None] | None = None,
+    read_sharded_state: typing.Callable[[Path], None] | None = None,
 ) -> None:
     """Load the last complete checkpoint, if any (model adapter, optimizer, scheduler, RNG states, progress), and
-    what ``load_more(folder)`` restores (a sharded model's adapter and optimizer state).
+    what ``read_sharded_state(folder)`` restores (a sharded model's adapter and optimizer state).
 
     Checkpoints whose files no longer match their manifest (damaged after they were written) are renamed to
     ``step_XXXXXX.damaged`` and the previous one is used.
@@ -588,7 +588,7 @@ def _resume(
     accelerator.wait_for_everyone()  # every process has verified before the damaged ones move
     if damaged and accelerator.is_main_process:
         for folder in damaged:
-            accelerator.print(f"--resume: moved {folder} to {set_aside(folder)}.")
+            accelerator.print(f"--resume: moved {folder} to {set_aside_damaged(folder)}.")
     accelerator.wait_for_everyone()
     if last is None:
         if strict:
@@ -596,7 +596,7 @@ def _resume(
         accelerator.print(f"No complete checkpoint in {checkpoints}: training afresh.")
         return
     sharded = (last / SHARDED_STATE_DIR).is_dir()
-    if sharded != (load_more is not None):
+    if sharded != (read_sharded_state is not None):
         written, now = ("a sharded (FSDP)", "unsharded") if sharded else ("an unsharded", "sharded (FSDP)")
         raise ValueError(
             f"{last} was written by {written} run, and this run is {now}: resume it the way it was started (with or "
@@ -609,8 +609,8 @@ def _resume(
             f"{last} was written by a run with {progress.num_processes} process(es); resume it with the same number "
             f"(this run has {processes})."
         )
-    if load_more is not None:
-        load_more(last)
+    if read_sharded_state is not None:
+        read_sharded_state(last)
     accelerator.print(f"Resumed from {last} at step {progress.step}.")
 
 

@@ -7,8 +7,8 @@ then forks one child per training process, so that a run starts in about a secon
 ``kills``: one training run (save_every=1) is killed again and again, each time resumed with ``--resume-if-possible``:
 
 - random kills: after the child has resumed, a random delay, then SIGKILL. The child pauses briefly at every phase
-  of a checkpoint save (``FPT_PEFT_CHECKPOINT_FAULT=pause=...``) so that many kills land inside a checkpoint write;
-  a trace of the phases tells where each kill landed.
+  of a checkpoint save (``pause=...``, see tests/checkpoint_faults.py) so that many kills land inside a
+  checkpoint write; a trace of the phases tells where each kill landed.
 - targeted kills: the child kills itself on entering one phase of a save (``kill=PHASE@STEP``), once per phase.
 
 After each kill the worker records the latest complete checkpoint (step and weights), checks that every ``step_*``
@@ -50,8 +50,6 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import fpt_peft  # noqa: E402,F401
 import fpt_peft.training as training  # noqa: E402
 from fpt_peft.checkpoints import (  # noqa: E402
-    FAULT_ENV,
-    SAVE_PHASES,
     WEIGHTS_NAME,
     checkpoint_step,
     is_adapter_key,
@@ -61,6 +59,7 @@ from fpt_peft.checkpoints import (  # noqa: E402
 from fpt_peft.data import TaskData, load_task  # noqa: E402
 from fpt_peft.training import NonFiniteError, TrainingArguments, train  # noqa: E402
 
+from .checkpoint_faults import SAVE_PHASES, install  # noqa: E402
 from .training_utils import poisoned_xor, save_tiny_backbone  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -121,7 +120,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 # --------------------------------------------------------------------------------------------------- kills
 def _run(task: TaskData, model: str, out: Path, fault: str, report: Path | None, **kw: Any) -> None:
     """One training process (in a forked child): resume, report what was resumed, train until done or killed."""
-    os.environ[FAULT_ENV] = fault
+    install(fault)
     if report is not None:
         original = training._resume
 

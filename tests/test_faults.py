@@ -28,7 +28,6 @@ from fpt_peft import adapter_files as integrity
 from fpt_peft.checkpoints import (
     LEGACY_FILES,
     MANIFEST_NAME,
-    SAVE_PHASES,
     CheckpointError,
     checkpoint_bytes,
     estimate_checkpoint_bytes,
@@ -42,6 +41,7 @@ from fpt_peft.data import TaskData, load_task
 from fpt_peft.modeling import build_model
 from fpt_peft.training import NonFiniteError, TrainingArguments, train
 
+from .checkpoint_faults import SAVE_PHASES
 from .training_utils import ROOT, offline_env, poisoned_xor, save_tiny_backbone
 
 # End-to-end: real processes and training runs. `make test-slow` runs them (and CI).

@@ -222,7 +222,7 @@ def test_activation_checkpointing_recomputes_the_same_gradients_down_to_the_inpu
     for checkpointing in (False, True):
         variant = build_variant("fpt_peft", "tiny-bert", 10, input_dim=48, checkpointing=checkpointing)
         variant.model.eval()  # no dropout: the two runs must compute the same numbers
-        assert variant.model.get_base_model().is_gradient_checkpointing is checkpointing
+        assert variant.model.get_base_model().is_activation_checkpointing is checkpointing
         variant.loss(**batch).backward()
         grads[checkpointing] = {n: p.grad for n, p in variant.model.named_parameters() if p.requires_grad}
     assert grads[True].keys() == grads[False].keys()

@@ -74,3 +74,11 @@ def test_no_module_of_the_package_imports_in_a_circle() -> None:
     for name in graph:
         visit(name, [])
     assert "fpt_peft.tuner.model" in graph and graph["fpt_peft.tuner.config"] <= TUNER_HELPERS
+
+
+def test_the_package_ships_no_fault_injection() -> None:
+    """Killing and pausing saves is the kill tests' business (tests/checkpoint_faults.py), not the package's."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert "os.kill(os.getpid()" not in text and "FAULT_ENV" not in text and "fault_point" not in text, path
+    assert "time" not in _imports(PACKAGE / "checkpoints.py")  # no pauses inside the save protocol

@@ -26,7 +26,7 @@ from torch.distributed.tensor import DTensor
 
 from fpt_peft import FPTConfig
 from fpt_peft.blocks import block_list
-from fpt_peft.checkpoints import FAULT_ENV, is_adapter_key, latest_checkpoint
+from fpt_peft.checkpoints import is_adapter_key, latest_checkpoint
 from fpt_peft.data import load_task
 from fpt_peft.modeling import build_model
 from fpt_peft.sharding import (
@@ -38,6 +38,7 @@ from fpt_peft.sharding import (
     shard_model,
 )
 
+from .checkpoint_faults import FAULT_ENV
 from .test_own_data import write_table
 from .test_recipes import RECIPES, recipe_case
 from .training_utils import ROOT, load_recipe, model_batch, offline_env, quick_args, save_tiny_backbone
@@ -207,6 +208,8 @@ def _launch(recipe: str, args: list[str], *launcher: str, env: dict[str, str] | 
     command += ["--mixed_precision", "no", *launcher]
     if "--main_process_port" not in launcher:
         command += ["--main_process_port", str(_free_port())]
+    if env and FAULT_ENV in env:  # each process installs the faults, then runs the recipe
+        command += ["-m", "tests.checkpoint_faults"]
     command += [f"recipes/{recipe}.py", *args]
     options: dict[str, Any] = {"cwd": ROOT, "env": {**offline_env(), **(env or {})}, "text": True}
     if not wait:
