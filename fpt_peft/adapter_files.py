@@ -14,13 +14,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from huggingface_hub import hf_hub_download
 from safetensors import safe_open
+
+from .durable import write_text_atomically
 
 SAFETENSORS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
@@ -89,29 +90,14 @@ def digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return hashlib.sha256("".join(sorted(parts)).encode()).hexdigest()
 
 
-def write_text(path: str, text: str) -> None:
-    """Write ``path`` atomically and durably: readers see the old or the new text, never a part."""
-    folder = os.path.dirname(path) or "."
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
 def write_config(folder: str, config: dict[str, object]) -> None:
     """Write ``adapter_config.json`` into ``folder`` atomically, with the digest of the weights file found there
     (peft writes the weights first), and add the loading note to the folder's model card."""
     weights = weights_file(folder)
     recorded = {} if weights is None else {DIGEST_KEY: digest(read_weights(weights))}  # a config alone: plain peft
-    write_text(os.path.join(folder, CONFIG_NAME), json.dumps({**config, **recorded}, indent=2, sort_keys=True))
+    write_text_atomically(
+        os.path.join(folder, CONFIG_NAME), json.dumps({**config, **recorded}, indent=2, sort_keys=True)
+    )
     add_loading_note(folder)
 
 
@@ -166,7 +152,7 @@ def add_loading_note(folder: str) -> None:
         return
     if not text:
         text = "---\nlibrary_name: peft\ntags:\n- fpt\n---\n"
-    write_text(path, text.rstrip("\n") + "\n\n" + LOADING_NOTE)
+    write_text_atomically(path, text.rstrip("\n") + "\n\n" + LOADING_NOTE)
 
 
 def check_digest(tensors: Mapping[str, torch.Tensor], recorded: str, where: str = "") -> None:

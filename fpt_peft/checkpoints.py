@@ -50,6 +50,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from .durable import fsync_dir, fsync_file
 from .tuner import PREFIX
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
@@ -194,28 +195,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """Make the entries of a directory (files created, renamed or removed in it) durable (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # pragma: no cover - platforms where a directory cannot be opened (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - filesystems that do not support fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
 def _make_dirs(folder: Path) -> None:
     """``mkdir -p folder``, with every new directory entry made durable."""
     new = []
@@ -231,7 +210,7 @@ def _write_manifest(folder: Path, step: int, num_processes: int) -> None:
     """Fsync every file of ``folder``, then write (and fsync) the manifest recording their sizes and digests."""
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        _fsync_file(path)
+        fsync_file(path)
         files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     manifest = {"format": MANIFEST_FORMAT, "step": step, "num_processes": num_processes, "files": files}
     with open(folder / MANIFEST_NAME, "w", encoding="utf-8") as handle:
@@ -483,7 +462,7 @@ def save_adapter(
         for path in sorted(temp.rglob("*")):
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)  # safetensors writes 0600; mkdtemp 0700
             if path.is_file():
-                _fsync_file(path)
+                fsync_file(path)
         os.chmod(temp, 0o777 & ~mask)
         fsync_dir(temp)
         _swap_in(temp, final)

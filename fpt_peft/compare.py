@@ -411,8 +411,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     _check(args, parser)
     from .data import load_task
+    from .durable import write_text_atomically
     from .provenance import provenance
-    from .training import write_atomically
 
     if args.task:
         data = {"task": args.task, "options": TASK_DEFAULTS[args.task]}
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"--resume: {out} holds a comparison with other settings ({saved_settings}); pass the same "
             "arguments, or another --out-dir."
         )
-    write_atomically(saved_settings, json.dumps(settings, indent=2) + "\n")
+    write_text_atomically(saved_settings, json.dumps(settings, indent=2) + "\n")
 
     jobs = [
         Job(arm, seed, lr)
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"Run {job.name} failed (its log: {runs_dir / job.name / 'log.txt'}): {exc}"
                     ) from exc
                 result = {"arm": job.arm, "seed": job.seed, "lr": job.lr, **scores}
-                write_atomically(runs_dir / f"{job.name}.json", json.dumps(result, indent=2) + "\n")
+                write_text_atomically(runs_dir / f"{job.name}.json", json.dumps(result, indent=2) + "\n")
                 results[job.name] = result
                 bar.update(1)
                 bar.set_postfix_str(f"{job.name}: test {scores['test']:.3f}")
@@ -498,9 +498,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "provenance": provenance(args.device),
         "command": "fpt-peft-compare " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    write_atomically(out / "compare.json", json.dumps(result_data, indent=2) + "\n")
+    write_text_atomically(out / "compare.json", json.dumps(result_data, indent=2) + "\n")
     markdown = report(result_data)
-    write_atomically(out / "compare.md", markdown)
+    write_text_atomically(out / "compare.md", markdown)
     plot(result_data, out / "compare.png")
     print(markdown + f"\nWrote {out / 'compare.json'}, {out / 'compare.md'} and {out / 'compare.png'}.")
     return result_data

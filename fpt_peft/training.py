@@ -37,7 +37,6 @@ from .checkpoints import (
     checkpoint_bytes,
     estimate_checkpoint_bytes,
     estimate_save_bytes,
-    fsync_dir,
     install_adapter_state_hooks,
     latest_checkpoint,
     list_checkpoints,
@@ -48,6 +47,7 @@ from .checkpoints import (
     verify_checkpoint,
 )
 from .data.spec import TaskData
+from .durable import write_text_atomically
 from .metrics import load_metric
 from .model_card import adapter_card, is_hub_id
 from .modeling import build_model
@@ -652,7 +652,7 @@ def _save_adapter(
         text = None if card is None else str(card)
         save_adapter(adapter, output_dir / "adapter", card=text, extra_files=labels, state_dict=state)
         saved = {**metrics, **preset.as_json()} if preset is not None else metrics
-        write_atomically(output_dir / "metrics.json", json.dumps(saved, indent=2) + "\n")
+        write_text_atomically(output_dir / "metrics.json", json.dumps(saved, indent=2) + "\n")
         accelerator.print(f"Saved the adapter to {output_dir / 'adapter'}.")
         if args.push_to_hub:
             # upload_folder sends exactly what save_pretrained wrote, model card included (push_to_hub would
@@ -693,17 +693,6 @@ _GROUPS = {
     "attention": "train_attention",
     "feed-forward": "train_feedforward",
 }
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``path`` so that it holds the old or the new text whenever the process is killed (and is durable)."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    fsync_dir(path.parent)
 
 
 def _describe_sharding(sharding: ShardingOptions | None) -> str:

@@ -268,6 +268,44 @@ def gpu(row: Row) -> dict[str, Any]:
     }
 
 
+def gpu_targets(row: Row) -> dict[str, Any]:
+    """The GPU targets beside the H200 files' figures; a target no file measures shows no number."""
+    compiled, fp32 = (load(f"cost-gpt2-cuda-{p}.json")["variants"] for p in ("bf16-compile", "fp32"))
+    target = row["target"]
+    if target.startswith("bf16 + compile: fpt_peft within 5%"):
+        repeat = load("cost-gpt2-cuda-bf16-compile-repeat.json")
+        rounds = len(repeat["variants"]["fpt_peft"]["step_ms_rounds"])
+        return {"measured": [pct(repeat["fpt_peft_overhead_vs_plain_fpt"]), rounds]}
+    if target.startswith("fpt_peft step time at most"):
+        return {
+            "measured": [paired(compiled["fpt_peft"], compiled["full"])[0], paired(fp32["fpt_peft"], fp32["full"])[0]]
+        }
+    if target.startswith("at least 20%"):
+        eager = load("cost-gpt2-cuda-bf16.json")["variants"]["fpt_peft"]
+        return {"measured": [pct(compiled["fpt_peft"]["share_of_matmul_rate"]), pct(eager["share_of_matmul_rate"])]}
+    return {"measured": []}  # not measured: no GPU
+
+
+LARGEST_BATCH_FILES = {
+    "GPT-2 small (80 GiB)": "largest_batch-gpt2-shape-counted-80gib.json",
+    "GPT-2 medium (80 GiB)": "largest_batch-gpt2-medium-shape-counted-80gib.json",
+    "tiny BERT (1 GiB)": "largest_batch-tiny-bert.json",
+}
+
+
+def largest_batch(row: Row) -> dict[str, Any]:
+    """One shape per row: the counted largest batch of each set-up."""
+    v = load(LARGEST_BATCH_FILES[row["shape"]])["variants"]
+    columns = {"fpt_peft": "fpt_peft", "full finetuning": "full"}
+    found = {column: [v[name]["largest_batch"]] for column, name in columns.items()}
+    found |= {
+        f"{column} + checkpointing": [v[f"{name} + checkpointing"]["largest_batch"]]
+        for column, name in columns.items()
+    }
+    found["full + checkpointing"] = found.pop("full finetuning + checkpointing")
+    return found
+
+
 def adapters(row: Row) -> dict[str, Any]:
     m = load("adapters.json")["models"][row["model"]]
     return {
@@ -544,6 +582,20 @@ TABLES = [
     Check("Overhead of fpt_peft", "fpt_peft step ms", ("--variants fpt_peft plain_fpt --repeats 9",), core_overhead),
     Check("Overhead of fpt_peft", "before", ("overhead-{before,after}.json", "overhead-ab/"), tiny_bert),
     Check("Cost on a GPU", "fpt_peft ms", ("cost-gpt2-cuda-{fp32,tf32,bf16,bf16-compile}.json",), gpu),
+    Check(
+        "One command for a GPU run",
+        "measured",
+        ("cost-gpt2-cuda-bf16-compile-repeat.json", "python -m benchmarks.gpu_suite --out-dir DIR"),
+        gpu_targets,
+        unchecked={"target": "the targets set", "where": "file names", "status": "words"},
+    ),
+    Check(
+        "One command for a GPU run",
+        "fpt_peft",
+        ("largest_batch-gpt2-shape-counted-80gib", "--model tiny-bert --memory-budget-gib 1"),
+        largest_batch,
+        unchecked={"shape": "names"},
+    ),
     Check("Adapters", "base MiB", ("adapters.png",), adapters),
     Check("Pretrained vs random", "init", ("pretrained_vs_random.json",), pretrained_vs_random),
     Check(
