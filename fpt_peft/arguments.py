@@ -1,6 +1,7 @@
 """The command line shared by every recipe, without importing torch, peft or transformers (``--help`` is instant).
 
-:class:`TrainingArguments` holds the options every recipe takes; :func:`add_training_args` turns them into flags,
+:class:`FPTTrainingArguments` holds the options every recipe takes (named apart from transformers'
+``TrainingArguments``, which has other fields); :func:`add_training_args` turns them into flags,
 :func:`parse_recipe_args` parses and checks them before anything heavy is loaded, and :func:`run_recipe` turns user
 mistakes found later into one ``error:`` line and exit status 2. A recipe imports the data and training modules only
 after parsing, so ``python recipes/X.py --help`` answers without loading the machine-learning stack.
@@ -23,7 +24,7 @@ from .pretrained import DEFAULT_MODEL, check_model_name
 
 
 @dataclass
-class TrainingArguments:
+class FPTTrainingArguments:
     """Options shared by every recipe; each field is a command-line flag (``--max-steps`` for ``max_steps``).
 
     Defaults follow the paper (Adam, constant learning rate 1e-3, gradient clipping 1.0); recipes override them
@@ -166,7 +167,7 @@ class TrainingArguments:
             raise ValueError("--resume and --overwrite-output-dir contradict each other; pass one of them.")
 
     @classmethod
-    def from_namespace(cls, namespace: argparse.Namespace) -> TrainingArguments:
+    def from_namespace(cls, namespace: argparse.Namespace) -> FPTTrainingArguments:
         """The training arguments held by a parsed namespace (other attributes, e.g. data options, are ignored)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in vars(namespace).items() if k in known})
@@ -239,17 +240,17 @@ def _flag(name: str) -> str:
 
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
-    """Add the :class:`TrainingArguments` flags to ``parser``; ``defaults`` overrides field defaults per recipe.
+    """Add the :class:`FPTTrainingArguments` flags to ``parser``; ``defaults`` overrides field defaults per recipe.
 
     Not ``transformers.HfArgumentParser``: that one imports transformers (and torch), several seconds before
     ``--help`` could answer, and has no per-recipe defaults; this one needs only the standard library.
     """
-    unknown = set(defaults) - {f.name for f in fields(TrainingArguments)}
+    unknown = set(defaults) - {f.name for f in fields(FPTTrainingArguments)}
     if unknown:
         raise ValueError(f"Unknown training argument default(s): {sorted(unknown)}.")
-    hints = typing.get_type_hints(TrainingArguments)
+    hints = typing.get_type_hints(FPTTrainingArguments)
     group = parser.add_argument_group("training (shared by every recipe)")
-    for f in fields(TrainingArguments):
+    for f in fields(FPTTrainingArguments):
         default = defaults.get(f.name, f.default)
         flags = [f"--{_flag(f.name)}", *f.metadata.get("aliases", ())]
         kind = hints[f.name]
@@ -265,7 +266,7 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
     return parser
 
 
-def check_output_dir(args: TrainingArguments, output_dir: Path) -> None:
+def check_output_dir(args: FPTTrainingArguments, output_dir: Path) -> None:
     """Raise if ``output_dir`` holds an earlier run that ``args`` neither resumes nor overwrites, or if ``--resume``
     finds no complete checkpoint there."""
     from .checkpoints import latest_checkpoint  # torch: imported only once the arguments parsed
@@ -292,7 +293,8 @@ def parse_recipe_args(parser: argparse.ArgumentParser, argv: list[str] | None, t
     Adds ``--preset {default,paper}`` (:mod:`fpt_peft.presets`): ``paper`` first becomes the parser's defaults, so
     that flags given explicitly win. The namespace gets ``preset_report`` (a :class:`~fpt_peft.presets.PresetReport`:
     where the run's set-up differs from the paper's), which :func:`fpt_peft.training.train` saves (and prints for
-    ``--preset paper``).
+    ``--preset paper``), and ``checked_arguments``: the :class:`FPTTrainingArguments` built and checked here, which
+    ``train`` uses as they are (the output folder is not checked twice).
     """
     if not any(action.dest == "preset" for action in parser._actions):
         group = parser.add_argument_group("preset")
@@ -310,7 +312,7 @@ def parse_recipe_args(parser: argparse.ArgumentParser, argv: list[str] | None, t
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
     try:
-        training_args = TrainingArguments.from_namespace(args)
+        training_args = FPTTrainingArguments.from_namespace(args)
         check_model_name(training_args.model)
         check_inputs(task, args)
         check_output_dir(training_args, Path(training_args.output_dir or f"outputs/{task}"))
@@ -318,6 +320,7 @@ def parse_recipe_args(parser: argparse.ArgumentParser, argv: list[str] | None, t
         parser.error(str(exc))
     flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
     args.preset_report = report(task, args, flags)
+    args.checked_arguments = training_args  # built and checked once: train() takes them from here
     return args
 
 
@@ -332,3 +335,19 @@ def run_recipe(main: Callable[[], object]) -> None:
         if os.environ.get("RANK", "0") == "0":
             print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def __getattr__(name: str) -> Any:
+    """``TrainingArguments``: the old name of :class:`FPTTrainingArguments` (deprecated: transformers has a class of
+    that name with other fields)."""
+    if name == "TrainingArguments":
+        import warnings
+
+        warnings.warn(
+            "fpt_peft's TrainingArguments is now FPTTrainingArguments (the old name is transformers' class); "
+            "the old name will be removed in 0.3.0.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return FPTTrainingArguments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -56,7 +56,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "no_lm": {},
     "shuffled": {},
 }
-"""The trained arms and the :class:`~fpt_peft.arguments.TrainingArguments` options that make each one."""
+"""The trained arms and the :class:`~fpt_peft.arguments.FPTTrainingArguments` options that make each one."""
 DEFAULT_ARMS = ("fpt_pretrained", "fpt_random", "no_lm")
 REFERENCE = "fpt_pretrained"
 BUILT_IN_TASKS = ("bit_memory", "bit_xor", "listops", "digits")
@@ -232,14 +232,14 @@ def run_job(job: Job, settings: dict[str, Any], folder: str, threads: int | None
 def _train(job: Job, task: Any, settings: dict[str, Any], run_dir: Path) -> dict[str, float]:
     from accelerate.utils import set_seed
 
-    from .arguments import TrainingArguments
+    from .arguments import FPTTrainingArguments
     from .controls import NoLM, shuffle_tokens
     from .modeling import load_backbone
     from .training import train
     from .tuner.discovery import hidden_size_of
 
     assert job.lr is not None
-    args = TrainingArguments(
+    args = FPTTrainingArguments(
         model=settings["model"],
         learning_rate=job.lr,
         max_steps=settings["max_steps"],

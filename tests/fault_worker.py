@@ -57,7 +57,7 @@ from fpt_peft.checkpoints import (  # noqa: E402
     verify_checkpoint,
 )
 from fpt_peft.data import TaskData, load_task  # noqa: E402
-from fpt_peft.training import NonFiniteError, TrainingArguments, train  # noqa: E402
+from fpt_peft.training import FPTTrainingArguments, NonFiniteError, train  # noqa: E402
 
 from .checkpoint_faults import SAVE_PHASES, install  # noqa: E402
 from .training_utils import poisoned_xor, save_tiny_backbone  # noqa: E402
@@ -122,7 +122,7 @@ def _run(task: TaskData, model: str, out: Path, fault: str, report: Path | None,
     """One training process (in a forked child): resume, report what was resumed, train until done or killed."""
     install(fault)
     if report is not None:
-        original = training._resume
+        original = training.resume_latest
 
         def resume(accelerator: Any, checkpoints: Path, progress: Any, strict: bool, **kwargs: Any) -> None:
             original(accelerator, checkpoints, progress, strict, **kwargs)
@@ -132,8 +132,8 @@ def _run(task: TaskData, model: str, out: Path, fault: str, report: Path | None,
             save_file(adapter, str(temp), metadata={"step": str(progress.step)})
             os.replace(temp, report)
 
-        training._resume = resume  # type: ignore[assignment]
-    train(task, TrainingArguments(model=model, output_dir=str(out), **kw))
+        training.resume_latest = resume  # type: ignore[assignment]
+    train(task, FPTTrainingArguments(model=model, output_dir=str(out), **kw))
 
 
 def _trace_lines(trace: Path) -> list[tuple[int, str]]:
@@ -272,7 +272,7 @@ def ddp_nan(root: Path) -> dict[str, Any]:
         try:
             train(
                 task,
-                TrainingArguments(
+                FPTTrainingArguments(
                     model=model,
                     output_dir=str(out),
                     max_steps=20,
@@ -340,11 +340,13 @@ def permissions(root: Path) -> dict[str, Any]:
             result: dict[str, Any] = {"uid": os.getuid()}
             options: dict[str, Any] = {"model": model, "max_steps": 2, "batch_size": 4, "eval_every": 0}
             try:
-                train(task, TrainingArguments(output_dir=str(base / "readonly" / "run"), **options))
+                train(task, FPTTrainingArguments(output_dir=str(base / "readonly" / "run"), **options))
                 result["readonly"] = "trained"
             except OSError as exc:
                 result["readonly"] = {"type": type(exc).__name__, "errno": exc.errno, "message": str(exc)}
-            result["writable"] = train(task, TrainingArguments(output_dir=str(base / "writable" / "run"), **options))
+            result["writable"] = train(
+                task, FPTTrainingArguments(output_dir=str(base / "writable" / "run"), **options)
+            )
             (base / "writable" / "result.json").write_text(json.dumps(result))
 
         pid = _fork(as_nobody, root / "nobody.txt")

@@ -16,7 +16,7 @@ import torch
 from peft import PeftModel
 from scipy import stats
 
-from fpt_peft.arguments import TrainingArguments
+from fpt_peft.arguments import FPTTrainingArguments
 from fpt_peft.baselines import BASELINES, fit_baseline
 from fpt_peft.compare import _choose, mean_ci95, verdict
 from fpt_peft.controls import NoLM, shuffle_tokens
@@ -192,7 +192,7 @@ def test_no_lm_trains_through_the_training_loop_and_reloads(
 ) -> None:
     task = own_data(write_table(tmp_path / "t.csv", rows=200), label_column="target")
     model = NoLM.for_task(task.spec, hidden_size=16)
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=60, eval_every=20, learning_rate=1e-2)
+    args = FPTTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=60, eval_every=20, learning_rate=1e-2)
     metrics = train(task, args, model=model)
     assert "eval examples | the given NoLM | trainable" in capsys.readouterr().out  # not the --model it did not build
     assert metrics["accuracy"] >= 0.8  # a linear target: chance is about 0.5
@@ -201,7 +201,7 @@ def test_no_lm_trains_through_the_training_loop_and_reloads(
     with torch.no_grad():
         assert torch.equal(reloaded(inputs_embeds=batch["inputs_embeds"]).logits, model(**batch).logits)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["kept_step"] == metrics["kept_step"]
-    other = TrainingArguments(output_dir=str(tmp_path / "other"), init="random")
+    other = FPTTrainingArguments(output_dir=str(tmp_path / "other"), init="random")
     with pytest.raises(ValueError, match=r"trains the model it is given; leave the model options"):
         train(task, other, model=NoLM.for_task(task.spec, hidden_size=16))
 

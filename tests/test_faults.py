@@ -39,7 +39,7 @@ from fpt_peft.checkpoints import (
 )
 from fpt_peft.data import TaskData, load_task
 from fpt_peft.modeling import build_model
-from fpt_peft.training import NonFiniteError, TrainingArguments, train
+from fpt_peft.training import FPTTrainingArguments, NonFiniteError, train
 
 from .checkpoint_faults import SAVE_PHASES
 from .training_utils import ROOT, offline_env, poisoned_xor, save_tiny_backbone
@@ -82,7 +82,7 @@ def processes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def run(task: TaskData, model: str, out: Path, **kw: Any) -> dict[str, float]:
     defaults: dict[str, Any] = {"max_steps": 6, "batch_size": 8, "eval_every": 0, "save_every": 1, "log_every": 50}
-    return train(task, TrainingArguments(model=model, output_dir=str(out), **{**defaults, **kw}))
+    return train(task, FPTTrainingArguments(model=model, output_dir=str(out), **{**defaults, **kw}))
 
 
 def count_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:

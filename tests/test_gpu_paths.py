@@ -16,7 +16,7 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from fpt_peft.arguments import TrainingArguments
+from fpt_peft.arguments import FPTTrainingArguments
 from fpt_peft.data import load_task
 from fpt_peft.modeling import build_model
 from fpt_peft.training import float32_matmul_precision, make_optimizer
@@ -84,7 +84,7 @@ def test_bf16_autocast_and_a_bf16_backbone_train_bit_memory_as_fp32_does(
 
 def test_a_bf16_backbone_computes_in_bf16_around_float32_copies(tiny: str) -> None:
     task = load_task("bit_memory", num_train=32, num_eval=8, n_bits=20, patch_size=5, seed=0)
-    model = build_model(task.spec, tiny, seed=0, **TrainingArguments(dtype="bfloat16").model_options())
+    model = build_model(task.spec, tiny, seed=0, **FPTTrainingArguments(dtype="bfloat16").model_options())
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert {d for n, d in dtypes.items() if "fpt_" in n} == {torch.float32}
     assert {d for n, d in dtypes.items() if "fpt_" not in n} == {torch.bfloat16}
@@ -161,7 +161,7 @@ def test_backbones_use_sdpa_attention(tmp_path: Path, family: str) -> None:
 
 def test_adam_is_fused_on_cuda_only() -> None:
     params = [torch.nn.Parameter(torch.zeros(3))]
-    args = TrainingArguments(learning_rate=3e-4)
+    args = FPTTrainingArguments(learning_rate=3e-4)
     assert make_optimizer(params, args, torch.device("cuda")).defaults["fused"] is True
     assert not make_optimizer(params, args, torch.device("cpu")).defaults["fused"]
     assert make_optimizer(params, args, torch.device("cpu")).defaults["lr"] == 3e-4

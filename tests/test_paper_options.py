@@ -14,7 +14,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModel
 
 from fpt_peft import FPTConfig
-from fpt_peft.arguments import TrainingArguments, add_training_args
+from fpt_peft.arguments import FPTTrainingArguments, add_training_args
 from fpt_peft.data.spec import TaskSpec
 from fpt_peft.modeling import build_model
 
@@ -174,18 +174,18 @@ def test_bad_values_in_a_saved_config_are_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- command line and modeling
 def test_flags_reach_build_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = add_training_args(argparse.ArgumentParser())
-    args = TrainingArguments.from_namespace(
+    args = FPTTrainingArguments.from_namespace(
         parser.parse_args(["--input-dropout", "0.1", "--embedding-init", "normal"])
     )
     options = args.model_options()
     assert (options["input_dropout"], options["embedding_init"]) == (0.1, "normal")
-    defaults = TrainingArguments.from_namespace(parser.parse_args([])).model_options()
+    defaults = FPTTrainingArguments.from_namespace(parser.parse_args([])).model_options()
     assert (defaults["input_dropout"], defaults["embedding_init"]) == (0.0, "scaled")
     with pytest.raises(SystemExit, match=r"^2$"):
         parser.parse_args(["--embedding-init", "uniform"])
     assert "argument --embedding-init: invalid choice: 'uniform'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"--input-dropout must be in \[0, 1\), got 1\.0"):
-        TrainingArguments(input_dropout=1.0)
+        FPTTrainingArguments(input_dropout=1.0)
 
     tiny = save_tiny_backbone(tmp_path / "tiny")
     spec = TaskSpec(name="t", input_dim=5, num_classes=2, max_tokens=4)

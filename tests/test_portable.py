@@ -19,7 +19,7 @@ from fpt_peft.data import load_task
 from fpt_peft.model_card import adapter_card, portable_command
 from fpt_peft.modeling import load_backbone
 from fpt_peft.pretrained import HUB_IDS, minilm_path
-from fpt_peft.training import TrainingArguments, train
+from fpt_peft.training import FPTTrainingArguments, train
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, f
     """Bit XOR for a few steps on the packaged MiniLM (the default model), as the recipe runs it."""
     out = tmp_path_factory.mktemp("portable") / "bit_xor"
     task = load_task("bit_xor", num_train=64, num_eval=32, n_bits=5, patch_size=5)
-    args = TrainingArguments(output_dir=str(out), max_steps=4, batch_size=8, eval_every=0, save_every=2)
+    args = FPTTrainingArguments(output_dir=str(out), max_steps=4, batch_size=8, eval_every=0, save_every=2)
     return out, train(task, args)
 
 

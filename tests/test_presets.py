@@ -18,7 +18,7 @@ import pytest
 
 import fpt_peft.data
 import fpt_peft.training
-from fpt_peft.arguments import TrainingArguments
+from fpt_peft.arguments import FPTTrainingArguments
 from fpt_peft.presets import PAPER_SETTINGS, PresetReport, report
 
 from .training_utils import load_recipe, quick_args, save_tiny_backbone
@@ -98,7 +98,7 @@ def test_paper_preset_parses_to_the_official_values(recipe: str, parse_only: Any
     captured = parse_only(recipe, "--preset", "paper")
     training, data = OFFICIAL[recipe]
     expected = {**OFFICIAL_TRAINING, **training}
-    parsed = TrainingArguments.from_namespace(captured.args)
+    parsed = FPTTrainingArguments.from_namespace(captured.args)
     assert {k: getattr(parsed, k) for k in expected} == expected
     assert {k: captured.task[k] for k in data} == data
     assert captured.args.preset == "paper"
@@ -116,14 +116,14 @@ def test_paper_preset_parses_to_the_official_values(recipe: str, parse_only: Any
 def test_default_preset_changes_nothing(recipe: str, parse_only: Any) -> None:
     plain, named = parse_only(recipe), parse_only(recipe, "--preset", "default")
     assert plain.task == named.task and vars(plain.args) == vars(named.args)
-    assert TrainingArguments.from_namespace(plain.args).model == "minilm" or recipe == "cifar10_lra"
+    assert FPTTrainingArguments.from_namespace(plain.args).model == "minilm" or recipe == "cifar10_lra"
 
 
 def test_explicit_flags_win_over_the_preset(parse_only: Any) -> None:
     captured = parse_only(
         "bit_memory", "--preset", "paper", "--model", "minilm", "--max-steps", "500", "--no-stream", "--lr", "3e-4"
     )
-    parsed = TrainingArguments.from_namespace(captured.args)
+    parsed = FPTTrainingArguments.from_namespace(captured.args)
     assert (parsed.model, parsed.max_steps, parsed.learning_rate, parsed.batch_size) == ("minilm", 500, 3e-4, 4)
     assert captured.task["stream"] is False and captured.task["n_bits"] == 1000
     assert captured.args.preset_report.line() == (

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from fpt_peft.checkpoints import latest_checkpoint
 from fpt_peft.controls import NoLM
 from fpt_peft.data import load_task
-from fpt_peft.training import TrainingArguments, train
+from fpt_peft.training import FPTTrainingArguments, train
 
 from .training_utils import (
     ROOT,
@@ -202,7 +202,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny: str, tmp_path: Path) 
     # The resumed run ends exactly where an uninterrupted run of the same length does.
     straight = tmp_path / "straight"
     options: dict[str, Any] = {"batch_size": 8, "eval_every": 0, "save_every": 10, "log_every": 1}
-    train(load_task("digits"), TrainingArguments(model=tiny, output_dir=str(straight), max_steps=step + 10, **options))
+    train(
+        load_task("digits"), FPTTrainingArguments(model=tiny, output_dir=str(straight), max_steps=step + 10, **options)
+    )
     a = load_file(str(out / "adapter/adapter_model.safetensors"))
     b = load_file(str(straight / "adapter/adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -216,7 +218,7 @@ def test_bit_xor_default_model_learns_what_no_linear_model_can(tmp_path: Path) -
     short = ["--max-steps", "300", "--num-eval", "500", "--eval-every", "100", "--save-every", "0"]
     pretrained = load_recipe("bit_xor").main([*short, "--output-dir", str(tmp_path / "pretrained")])
     task = load_task("bit_xor", num_train=20_000, num_eval=500, n_bits=10, patch_size=5)
-    args = TrainingArguments(output_dir=str(tmp_path / "no_lm"), max_steps=300, eval_every=100, batch_size=32)
+    args = FPTTrainingArguments(output_dir=str(tmp_path / "no_lm"), max_steps=300, eval_every=100, batch_size=32)
     control = train(task, args, model=NoLM.for_task(task.spec, hidden_size=384))
     assert pretrained["per_bit_accuracy"] >= 0.95, pretrained
     assert control["per_bit_accuracy"] <= 0.8, control

@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from fpt_peft.arguments import TrainingArguments
+from fpt_peft.arguments import FPTTrainingArguments
 from fpt_peft.data import TaskData, load_task
 from fpt_peft.modeling import load_backbone
 from fpt_peft.selection import BestStep, with_validation
@@ -95,7 +95,7 @@ def test_best_step_prefers_higher_scores_then_lower_losses_then_earlier_steps() 
 
 def _run(task: TaskData, model: str, out: Path, **options: Any) -> dict[str, float]:
     defaults: dict[str, Any] = {"batch_size": 16, "eval_every": 2, "save_every": 0, "learning_rate": 0.05}
-    return train(task, TrainingArguments(model=model, output_dir=str(out), **{**defaults, **options}))
+    return train(task, FPTTrainingArguments(model=model, output_dir=str(out), **{**defaults, **options}))
 
 
 def _score(folder: Path, model: str, data: Any) -> float:

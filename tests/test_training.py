@@ -18,7 +18,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 import fpt_peft.training as training
-from fpt_peft.arguments import TrainingArguments, add_training_args
+from fpt_peft.arguments import FPTTrainingArguments, add_training_args
 from fpt_peft.checkpoints import LEGACY_FILES, latest_checkpoint, list_checkpoints
 from fpt_peft.data import TaskData, TaskSpec, load_task
 from fpt_peft.metrics import load_metric
@@ -52,7 +52,7 @@ def xor_unseen() -> TaskData:
 
 def run(task: TaskData, model: str, out: Path, **kw: Any) -> dict[str, float]:
     defaults: dict[str, Any] = {"max_steps": 10, "batch_size": 8, "eval_every": 0, "save_every": 0}
-    return train(task, TrainingArguments(model=model, output_dir=str(out), **{**defaults, **kw}))
+    return train(task, FPTTrainingArguments(model=model, output_dir=str(out), **{**defaults, **kw}))
 
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -62,9 +62,9 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------- arguments
 def test_training_args_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     parser = add_training_args(argparse.ArgumentParser(), max_steps=7, learning_rate=1e-4)
-    args = TrainingArguments.from_namespace(parser.parse_args([]))
+    args = FPTTrainingArguments.from_namespace(parser.parse_args([]))
     assert (args.max_steps, args.learning_rate, args.max_grad_norm, args.lr_scheduler) == (7, 1e-4, 1.0, "constant")
-    args = TrainingArguments.from_namespace(
+    args = FPTTrainingArguments.from_namespace(
         parser.parse_args(["--lr", "0.01", "--freeze-ln", "--freeze-out", "--train-attn", "--init", "random"])
     )
     options = args.model_options()
@@ -75,7 +75,7 @@ def test_training_args_from_the_command_line(capsys: pytest.CaptureFixture[str])
         parser.parse_args(["--mixed-precision", "fp8"])
     assert "argument --mixed-precision: invalid choice: 'fp8'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--batch-size must be >= 1"):
-        TrainingArguments(batch_size=0)
+        FPTTrainingArguments(batch_size=0)
     with pytest.raises(ValueError, match="Unknown training argument"):
         add_training_args(argparse.ArgumentParser(), max_step=3)
 
@@ -359,3 +359,40 @@ def test_an_iterable_dataset_without_for_loader_is_refused(tiny: str, tmp_path: 
         run(plain, tiny, tmp_path / "plain", max_steps=1, validation_fraction=0.0)
     with pytest.raises(ValueError, match="without held_out"):  # no validation examples can be drawn from it
         run(plain, tiny, tmp_path / "plain", max_steps=1)
+
+
+def test_the_old_name_of_the_options_class_still_imports_with_a_deprecation_warning() -> None:
+    import fpt_peft.arguments
+    import fpt_peft.training
+    from fpt_peft.arguments import FPTTrainingArguments
+
+    for module in (fpt_peft.arguments, fpt_peft.training):
+        with pytest.warns(FutureWarning, match="now FPTTrainingArguments"):
+            assert module.TrainingArguments is FPTTrainingArguments
+        with pytest.raises(AttributeError, match="no attribute 'TrainingArgs'"):
+            _ = module.TrainingArgs
+
+
+def test_a_recipe_run_builds_and_checks_its_options_once_and_again_only_if_they_changed(
+    tiny: str, xor: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fpt_peft.arguments as arguments
+    from fpt_peft.arguments import parse_recipe_args
+
+    calls: list[Path] = []
+
+    def counting(args: FPTTrainingArguments, output_dir: Path) -> None:
+        calls.append(output_dir)
+        check_output_dir(args, output_dir)
+
+    check_output_dir = arguments.check_output_dir
+    monkeypatch.setattr(arguments, "check_output_dir", counting)
+    monkeypatch.setattr(training, "check_output_dir", counting)
+    parser = add_training_args(argparse.ArgumentParser(), max_steps=2, batch_size=8, eval_every=0, save_every=0)
+    argv = ["--model", tiny, "--output-dir", str(tmp_path / "a")]
+    args = parse_recipe_args(parser, argv, task="bit_xor")
+    assert isinstance(args.checked_arguments, FPTTrainingArguments) and len(calls) == 1
+    assert train(xor, args)["step"] == 2 and len(calls) == 1  # checked at parse time only
+    args = parse_recipe_args(parser, [*argv[:-1], str(tmp_path / "b")], task="bit_xor")
+    args.max_steps = 3  # changed after parsing: the snapshot is stale, so train builds and checks afresh
+    assert train(xor, args)["step"] == 3 and calls[-2:] == [tmp_path / "b", tmp_path / "b"] and len(calls) == 3
