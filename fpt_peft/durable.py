@@ -1,4 +1,5 @@
-"""Durable writes: a text file replaced atomically, and files and folders synced to disk (the package's only writer).
+"""Durable writes: a text file replaced atomically, files and folders synced to disk, and the check that a folder can
+take a write (the package's only writer).
 
 Readers of a file written by :func:`write_text_atomically` see the old or the new text, never a part of either,
 whenever the writer is killed; concurrent writers each write their own temporary file beside it.
@@ -6,8 +7,12 @@ whenever the writer is killed; concurrent writers each write their own temporary
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
+
+PROBE_PREFIX = ".tmp-probe-"  # check_writable's probe files: <prefix><pid>-<random>, cleaned up by adapter_save
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
@@ -50,3 +55,42 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable(
+    path: str | os.PathLike[str], needed_bytes: int = 0, *, saving: str | os.PathLike[str] | None = None
+) -> None:
+    """Raise a clear ``OSError`` naming ``path`` (or ``saving``, what will be saved there) unless ``needed_bytes`` can
+    be written there.
+
+    ``path`` may not exist yet; its nearest existing ancestor must be a directory in which a file can really be
+    created (a probe file is created and removed: permission bits say nothing for root or read-only mounts), and its
+    filesystem must have ``needed_bytes`` free. Call it before long work whose result will be saved there.
+    """
+    target = os.path.abspath(os.fspath(path))
+    shown = os.path.abspath(os.fspath(saving)) if saving is not None else target
+    existing = target
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"Cannot save to {shown!r}: {existing!r} is a file, not a directory", shown
+        )
+    try:
+        fd, probe = tempfile.mkstemp(
+            prefix=f"{PROBE_PREFIX}{os.getpid()}-", dir=existing
+        )  # pid: see adapter_save._remove_dead_saves
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"Cannot save to {shown!r}: {existing!r} is not writable ({exc.strerror or exc})", shown
+        ) from exc
+    free = shutil.disk_usage(existing).free
+    if needed_bytes > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"Not enough space to save to {shown!r}: about {needed_bytes:,} bytes are needed, {free:,} are free "
+            "on its filesystem",
+            shown,
+        )

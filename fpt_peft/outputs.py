@@ -11,8 +11,8 @@ import torch
 from accelerate import Accelerator
 from huggingface_hub import HfApi
 
+from .adapter_save import save_adapter
 from .arguments import FPTTrainingArguments
-from .checkpoints import save_adapter
 from .data.spec import TaskData
 from .durable import write_text_atomically
 from .model_card import adapter_card, is_hub_id

@@ -9,14 +9,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from .adapter_save import estimate_save_bytes
 from .arguments import FPTTrainingArguments
-from .checkpoints import (
-    check_writable,
-    checkpoint_bytes,
-    estimate_checkpoint_bytes,
-    estimate_save_bytes,
-    list_checkpoints,
-)
+from .checkpoints import checkpoint_bytes, estimate_checkpoint_bytes, list_checkpoints
+from .durable import check_writable
 from .metrics import load_metric
 
 

@@ -9,7 +9,7 @@ Two adapters, A and B, have the same architecture and different weights; each co
 :class:`Mixed` unless the config and every weight belong to the same adapter. A mix of config and weights is
 therefore caught even where the digest check would miss it.
 
-Saves go through :func:`fpt_peft.checkpoints.save_adapter` (written beside the folder, swapped in atomically) or
+Saves go through :func:`fpt_peft.adapter_save.save_adapter` (written beside the folder, swapped in atomically) or
 through peft's plain ``save_pretrained`` (written in place): :data:`SAVES`.
 """
 
@@ -36,7 +36,8 @@ import transformers  # noqa: E402
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict  # noqa: E402
 
 from fpt_peft import AdapterIntegrityError, FPTConfig  # noqa: E402
-from fpt_peft.checkpoints import check_writable, estimate_save_bytes, save_adapter  # noqa: E402
+from fpt_peft.adapter_save import estimate_save_bytes, save_adapter  # noqa: E402
+from fpt_peft.durable import check_writable  # noqa: E402
 
 from .helpers import tiny_config  # noqa: E402
 

@@ -3,7 +3,7 @@
 The process-level guarantees are exercised by real processes (tests/adapter_io_worker.py): writers racing into one
 folder while a reader loads it, saves killed with SIGKILL at random moments, a user without write permission, and a
 real tiny filesystem that fills up and is remounted read-only. Saves go through
-:func:`fpt_peft.checkpoints.save_adapter` (written beside the folder, swapped in atomically: the folder holds the
+:func:`fpt_peft.adapter_save.save_adapter` (written beside the folder, swapped in atomically: the folder holds the
 old or the new adapter at every moment) or through peft's plain ``save_pretrained`` (written in place: a folder caught
 half-way is refused on load with a clear error, never loaded as a mix). The rest runs in-process.
 """
@@ -30,7 +30,8 @@ from transformers import AutoModel
 
 from fpt_peft import AdapterIntegrityError, FPTConfig
 from fpt_peft import adapter_files as integrity
-from fpt_peft.checkpoints import SAVE_MARGIN_BYTES, check_writable, estimate_save_bytes, save_adapter
+from fpt_peft.adapter_save import SAVE_MARGIN_BYTES, estimate_save_bytes, save_adapter
+from fpt_peft.durable import check_writable
 
 from .helpers import tiny_config
 
