@@ -1,5 +1,4 @@
-"""Durable writes: a text file replaced atomically, files and folders synced to disk, and the check that a folder can
-take a write (the package's only writer).
+"""Writing to disk so that a kill or a full disk never leaves a half-written file (the package's only writer).
 
 Readers of a file written by :func:`write_text_atomically` see the old or the new text, never a part of either,
 whenever the writer is killed; concurrent writers each write their own temporary file beside it.

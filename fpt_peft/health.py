@@ -1,5 +1,6 @@
-"""The NaN policy: NaN or Inf in a batch, the loss, the gradient norm or the weights stops training, on every process,
-with an error naming the step, before anything broken is saved."""
+"""The NaN policy: NaN or Inf anywhere in training stops it, on every process, before anything broken is saved.
+
+What is watched: a batch's inputs, the loss, the gradient norm and, before each save, the trainable weights."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Before the first step: the output folder takes the run's checkpoints and adapter (permission, free space) and
-the evaluation metric can be created."""
+"""Before the first step: can the run write what it will write (checkpoints, the adapter, the metric's cache)?"""
 
 from __future__ import annotations
 
