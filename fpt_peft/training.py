@@ -125,7 +125,7 @@ def train(
     """
     preset: PresetReport | None = getattr(args, "preset_report", None)  # from parse_recipe_args (recipes)
     checked: FPTTrainingArguments | None = getattr(args, "checked_arguments", None)  # likewise
-    if checked is not None and any(getattr(args, f.name) != getattr(checked, f.name) for f in fields(checked)):
+    if checked is not None and any(getattr(args, f.name, None) != getattr(checked, f.name) for f in fields(checked)):
         checked = None  # the namespace was changed after parsing: build and check its options again
     if isinstance(args, argparse.Namespace):
         args = checked or FPTTrainingArguments.from_namespace(args)
