@@ -18,6 +18,10 @@ class EpochSampler(Sampler[int]):
 
     Every process draws the same order (Accelerate then gives each process its own batches), and a resumed run
     redraws exactly the order it was interrupted in, without touching the global random state.
+
+    Not Accelerate's ``use_seedable_sampler``: its ``SeedableRandomSampler`` seeds pass ``e`` of seed ``s`` with
+    ``s + e``, so seed 1's first pass is seed 0's second, and runs that a comparison counts as independent seeds
+    would share their orders. Here the two are kept apart (``seed * 100_003 + epoch``).
     """
 
     def __init__(self, size: int, seed: int) -> None:
