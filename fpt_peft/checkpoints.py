@@ -340,6 +340,9 @@ def install_adapter_state_hooks(accelerator: Accelerator) -> None:
     """Make ``save_state`` / ``load_state`` store only the adapter weights of the model, not the frozen base.
 
     Keys are those of the unwrapped model, so a checkpoint reloads whatever wraps the model (DDP or not).
+    Not peft's ``get_peft_model_state_dict`` / ``set_peft_model_state_dict``: they need a ``PeftModel``, and
+    ``train(model=...)`` checkpoints controls such as :class:`~fpt_peft.controls.NoLM` that are not one (their
+    trained weights are named ``fpt_*``, which :func:`is_adapter_key` keeps).
     """
 
     def save_hook(models: list[torch.nn.Module], weights: list[dict[str, Any]], output_dir: str) -> None:
