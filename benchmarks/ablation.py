@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import paper
 from benchmarks.common import (
     TASK_PLANS,
     TaskPlan,
@@ -50,9 +51,8 @@ RUNGS: dict[str, dict[str, bool]] = {
 ABLATION_LRS = (1e-3, 3e-3, 1e-2)
 """The grid of every rung: a step higher than :data:`benchmarks.common.TASK_PLANS`' (3e-4 to 3e-3), where the
 pretrained-vs-random sweep found 3e-3 best for both tasks, at the top edge, and 3e-4 never best."""
-PAPER_TASK = {"digits": "MNIST", "bit_memory": "Memory"}
-# The paper's ablation (test accuracy, %), frozen pretrained GPT-2, groups added one at a time.
-PAPER: dict[str, list[float]] = {"MNIST": [23, 96, 98, 98], "CIFAR-10": [25, 54, 60, 68], "Memory": [76, 94, 100, 100]}
+PAPER_TASK = {task: paper.NAMES[paper.paper_task(task)] for task in ("digits", "bit_memory")}
+PAPER = paper.ABLATION  # the paper's ablation (test accuracy, %), frozen pretrained GPT-2, one group added per rung
 
 
 def plans_for(args: argparse.Namespace) -> dict[str, TaskPlan]:

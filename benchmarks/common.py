@@ -26,6 +26,7 @@ from peft import LNTuningConfig, get_peft_model
 from torch import nn
 
 import fpt_peft  # registers FPT with peft
+from benchmarks import paper
 from benchmarks.sweep_journal import SweepJournal, journal_path
 from fpt_peft import FPTConfig
 from fpt_peft.pretrained import minilm_path
@@ -933,43 +934,60 @@ TASK_PLANS: dict[str, TaskPlan] = {
 }
 
 
+def full_size_plan(
+    task: str, description: str, num_eval: int, eval_every: int, threshold: float, **changes: Any
+) -> TaskPlan:
+    """The paper's set-up of ``task`` as ``--preset paper`` sets it (:func:`fpt_peft.presets.paper_defaults`: data,
+    batch size, input dropout, embedding init), for the paper's steps to converge of the random init
+    (:data:`benchmarks.paper.STEPS_TO_CONVERGE`); ``changes`` replace fields (``task_kwargs`` entries are added)."""
+    from fpt_peft.presets import paper_defaults
+
+    values = paper_defaults(task)
+    data_keys = ("n_bits", "n_strings", "patch_size", "values", "stream", "mask_prob", "max_tokens")
+    data: dict[str, Any] = {k: values[k] for k in data_keys if k in values}
+    model: dict[str, Any] = {k: values[k] for k in ("input_dropout", "embedding_init") if k in values}
+    plan = TaskPlan(
+        task,
+        description,
+        {**data, **changes.pop("task_kwargs", {}), "num_eval": num_eval},
+        steps=int(paper.STEPS_TO_CONVERGE[task][1]),
+        batch_size=values["batch_size"],
+        eval_every=eval_every,
+        threshold=threshold,
+        model_kwargs=model,
+    )
+    return replace(plan, **changes)
+
+
 FULL_SIZE_PLANS: dict[str, TaskPlan] = {
-    "bit_xor": TaskPlan(
+    "bit_xor": full_size_plan(
         "bit_xor",
         "the paper's set-up (--preset paper): two 5-bit strings fed as 0/1, one string per token, a fresh batch of 4 "
         "every step, input dropout 0.1; trained until every eval bit is right (or 2e4 steps: the paper's random init)",
-        {"n_bits": 5, "patch_size": 5, "n_strings": 2, "values": "01", "stream": True, "num_eval": 1000},
-        steps=20_000,
-        batch_size=4,
+        num_eval=1000,
         eval_every=100,
         threshold=1.0,
-        model_kwargs={"input_dropout": 0.1},
         stop_at=1.0,
     ),
-    "bit_memory": TaskPlan(
+    "bit_memory": full_size_plan(
         "bit_memory",
         "the paper's set-up (--preset paper): 5 strings of 1000 bits plus the masked query, patches of 50 (120 "
         "tokens), a fresh batch of 4 every step, input dropout 0.1; up to 4e4 steps (the paper's random init)",
-        {"n_strings": 5, "n_bits": 1000, "patch_size": 50, "mask_prob": 0.5, "stream": True, "num_eval": 200},
-        steps=40_000,
-        batch_size=4,
+        num_eval=200,
         eval_every=100,
         threshold=0.99,
-        model_kwargs={"input_dropout": 0.1},
         stop_at=1.0,
     ),
-    "listops": TaskPlan(
+    "listops": full_size_plan(
         "listops",
         "Rothermel et al.'s fixed loader at the paper's 512 tokens (--preset paper --formulation fixed), expressions "
         "generated offline (LRA's files are not on the Hub), new embedding N(0, 1), batch 4; up to 6e3 steps (the "
         "paper's random init)",
-        {"formulation": "fixed", "max_tokens": 512, "num_eval": 500},
-        steps=6_000,
-        batch_size=4,
+        num_eval=500,
         eval_every=500,
         threshold=0.3,
         lrs=(1e-4, 3e-4, 1e-3),
-        model_kwargs={"embedding_init": "normal"},
+        task_kwargs={"formulation": "fixed"},
     ),
 }
 """The paper's full-size bit memory, bit XOR and ListOps (Lu et al. 2021, Table 1 and its steps to converge), with

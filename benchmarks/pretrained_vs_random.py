@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import paper
 from benchmarks.common import (
     FULL_SIZE_PLANS,
     TASK_PLANS,
@@ -55,13 +56,14 @@ from benchmarks.common import (
 )
 
 INITS = ("pretrained", "random")
-PAPER_TASK = {"bit_xor": "XOR", "bit_memory": "Memory", "listops": "ListOps", "digits": "MNIST"}
+PAPER_TASK = {task: paper.NAMES[paper.paper_task(task)] for task in ("bit_xor", "bit_memory", "listops", "digits")}
 # The paper's test accuracy (%) and gradient steps to converge, FPT on GPT-2 vs random init.
 PAPER: dict[str, dict[str, dict[str, float]]] = {
-    "bit_xor": {"accuracy": {"pretrained": 100.0, "random": 100.0}, "steps": {"pretrained": 5e2, "random": 2e4}},
-    "bit_memory": {"accuracy": {"pretrained": 100.0, "random": 75.8}, "steps": {"pretrained": 1e4, "random": 4e4}},
-    "listops": {"accuracy": {"pretrained": 38.4, "random": 34.3}, "steps": {"pretrained": 2e3, "random": 6e3}},
-    "digits": {"accuracy": {"pretrained": 98.0, "random": 91.7}, "steps": {"pretrained": 5e3, "random": 2e4}},
+    task: {
+        "accuracy": dict(zip(INITS, paper.TEST_ACCURACY[paper.paper_task(task)], strict=True)),
+        "steps": dict(zip(INITS, paper.STEPS_TO_CONVERGE[paper.paper_task(task)], strict=True)),
+    }
+    for task in PAPER_TASK
 }
 
 

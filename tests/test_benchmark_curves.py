@@ -148,3 +148,23 @@ def test_a_stopped_sweep_is_not_overwritten_without_resume(tmp_path: Path, capsy
     with pytest.raises(SystemExit, match=r"^2$") as raised:
         parse_args(["--out-dir", str(tmp_path), "--resume"])
     assert raised.value.code == 2 and "line 1: not a journaled run" in capsys.readouterr().err
+
+
+def test_the_saved_full_size_runs_trained_todays_plans_for_at_most_the_papers_steps() -> None:
+    """Every saved full-size run is reproducible by its command with the plans derived today."""
+    from benchmarks import paper
+    from benchmarks.common import RESULTS_DIR
+
+    assert all(plan.steps == paper.STEPS_TO_CONVERGE[task][1] for task, plan in FULL_SIZE_PLANS.items())
+    saved = [
+        run
+        for path in RESULTS_DIR.glob("*full*.json")
+        if json.loads(path.read_text()).get("benchmark") == "pretrained_vs_random"
+        for run in json.loads(path.read_text())["runs"]
+    ]
+    assert len(saved) >= 30
+    for run in saved:
+        plan = FULL_SIZE_PLANS[run["task"]]
+        kwargs = {k: v for k, v in run["task_kwargs"].items() if k != "num_train"}  # the GPU ListOps run's own size
+        assert kwargs == plan.task_kwargs and run["model_kwargs"] == plan.model_kwargs, run["task"]
+        assert run["batch_size"] == plan.batch_size and run["steps"] <= plan.steps, run["task"]
