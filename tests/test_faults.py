@@ -25,13 +25,13 @@ from safetensors.torch import load_file
 
 import fpt_peft.training as training
 from fpt_peft import adapter_files as integrity
+from fpt_peft.adapter_save import estimate_save_bytes
 from fpt_peft.checkpoints import (
     LEGACY_FILES,
     MANIFEST_NAME,
     CheckpointError,
     checkpoint_bytes,
     estimate_checkpoint_bytes,
-    estimate_save_bytes,
     latest_checkpoint,
     list_checkpoints,
     remove_checkpoints,
