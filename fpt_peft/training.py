@@ -264,7 +264,7 @@ def _check_run(
     if model is not None and args.model_options() != FPTTrainingArguments().model_options():
         raise ValueError(  # they describe a model this run would not build
             "train(..., model=...) trains the model it is given; leave the model options of args (init, finetune, "
-            "the freeze/train switches, num_layers, input_dropout, embedding_init) at their defaults."
+            "the freeze/train switches, num_layers, input_dropout, embedding_init, dtype) at their defaults."
         )
     output_dir = Path(args.output_dir or f"outputs/{task.spec.name}")
     check_task_data(task)
