@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from typing import Any, TextIO
 
 import torch
 
-from benchmarks.common import GPT2_SHAPES, bar_plot
+from benchmarks.common import GPT2_SHAPES, bar_plot, environment
 
 ROOT = Path(__file__).resolve().parent.parent
 PRECISION_RUNS = (("fp32", False), ("tf32", False), ("bf16", False), ("bf16", True))
@@ -59,21 +58,12 @@ class Step:
 
 
 def capabilities(device: str) -> dict[str, Any]:
-    """Versions found, and what this torch can do on ``device``: each capability is True or the reason it is not."""
+    """Versions found (:func:`benchmarks.common.environment`: the code's commit too), and what this torch can do on
+    ``device``: each capability is True or the reason it is not."""
     import accelerate
-    import peft
-    import transformers
 
     cuda = device.startswith("cuda")
-    found: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "cuda_runtime": torch.version.cuda,
-        "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
-    }
+    found = {**environment(device), "accelerate": accelerate.__version__, "cuda_runtime": torch.version.cuda}
     can: dict[str, Any] = {"cuda": cuda or "no CUDA device (the CPU runs the steps)"}
     if cuda:
         can["bf16"] = torch.cuda.is_bf16_supported() or "this GPU has no bfloat16 matrix products"

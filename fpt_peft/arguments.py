@@ -337,9 +337,9 @@ def run_recipe(main: Callable[[], object]) -> None:
         sys.exit(2)
 
 
-def __getattr__(name: str) -> Any:
-    """``TrainingArguments``: the old name of :class:`FPTTrainingArguments` (deprecated: transformers has a class of
-    that name with other fields)."""
+def deprecated_name(name: str, module: str) -> Any:
+    """A module's ``__getattr__``: ``TrainingArguments``, the old name of :class:`FPTTrainingArguments` (deprecated:
+    transformers has a class of that name with other fields), with a warning; else ``module`` has no ``name``."""
     if name == "TrainingArguments":
         import warnings
 
@@ -347,7 +347,12 @@ def __getattr__(name: str) -> Any:
             "fpt_peft's TrainingArguments is now FPTTrainingArguments (the old name is transformers' class); "
             "the old name will be removed in 0.3.0.",
             FutureWarning,
-            stacklevel=2,
+            stacklevel=3,  # the code that asked for the old name, past the module's __getattr__
         )
         return FPTTrainingArguments
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+
+def __getattr__(name: str) -> Any:
+    """The deprecated ``TrainingArguments`` (see :func:`deprecated_name`)."""
+    return deprecated_name(name, __name__)

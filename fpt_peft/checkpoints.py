@@ -261,7 +261,7 @@ def save_checkpoint(
     Keeps the last ``keep`` complete checkpoints (at least this one); see the module docstring for the protocol.
     """
     root = Path(root)
-    temp = root / f"{TEMP_PREFIX}{checkpoint_name(step)}"
+    temp = _temporary_folder(root, step)
     if accelerator.is_main_process:
         _create_temporary_folder(root, step)
     accelerator.wait_for_everyone()
@@ -278,11 +278,16 @@ def save_checkpoint(
     return final
 
 
+def _temporary_folder(root: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` is written before it is renamed to its final name."""
+    return root / f"{TEMP_PREFIX}{checkpoint_name(step)}"
+
+
 def _create_temporary_folder(root: Path, step: int) -> Path:
     """Step 1 begins: ``<root>/.tmp-step_XXXXXX``, empty, after removing what killed saves left in ``root``."""
     _make_dirs(root)
     _remove_temporary(root)
-    temp = root / f"{TEMP_PREFIX}{checkpoint_name(step)}"
+    temp = _temporary_folder(root, step)
     temp.mkdir()
     return temp
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .arguments import FPTTrainingArguments, check_output_dir
+from .arguments import FPTTrainingArguments, check_output_dir, deprecated_name
 from .batches import EpochSampler, stream_batches
 from .checkpoints import TrainingProgress, install_adapter_state_hooks, remove_checkpoints, save_checkpoint
 from .data.spec import TaskData
@@ -566,16 +566,5 @@ def _describe(step: int, metrics: dict[str, float], split: str = "") -> str:
 
 
 def __getattr__(name: str) -> Any:
-    """``TrainingArguments``: the old name of :class:`FPTTrainingArguments` (deprecated: transformers has a class of
-    that name with other fields)."""
-    if name == "TrainingArguments":
-        import warnings
-
-        warnings.warn(
-            "fpt_peft's TrainingArguments is now FPTTrainingArguments (the old name is transformers' class); "
-            "the old name will be removed in 0.3.0.",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return FPTTrainingArguments
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """The deprecated ``TrainingArguments``, importable here as it was (:func:`fpt_peft.arguments.deprecated_name`)."""
+    return deprecated_name(name, __name__)
