@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -497,106 +498,71 @@ class CurveRun:
     device: str = "cpu"
 
 
-def train_curve(run: CurveRun) -> dict[str, Any]:
-    """Train one FPT model as the paper does (Adam, constant ``lr``, gradient clipping) and record its eval curve.
+def record_curve(run: CurveRun) -> dict[str, Any]:
+    """Train one FPT model with :func:`fpt_peft.training.train` (the paper's Adam, constant ``lr``, gradient
+    clipping, no validation split) and record its eval curve through ``on_evaluate``.
 
-    Built from the package's pieces: :func:`~fpt_peft.data.load_task`, :func:`~fpt_peft.modeling.build_model`,
-    :func:`~fpt_peft.validation.model_inputs` and :func:`~fpt_peft.training.evaluate_model` (the package's offline
-    metrics). The training split is a finite set (shuffled every epoch) or an endless stream with ``for_loader``
-    (:class:`~fpt_peft.data.BitStream`: a fresh batch every step, as the official bit tasks). The eval split is
-    scored before the first step, every ``eval_every`` steps and after the last one (or at ``stop_at``). Returns the
-    run's settings with ``eval_steps``, ``accuracy`` (the task's metric: accuracy, or per-bit accuracy for the bit
-    tasks), ``eval_loss`` and ``train_loss`` (mean over the steps since the previous evaluation) per evaluation,
-    ``steps_trained``, and the wall time: ``seconds`` in all, ``eval_seconds`` of it spent scoring.
+    The eval split is scored before the first step (``eval_on_start``), every ``eval_every`` steps and after the last
+    one; the run ends at the first evaluation reaching ``stop_at``. The run's output folder (adapter, checkpoint,
+    log) is temporary. Returns the run's settings with ``eval_steps``, ``accuracy`` (the task's metric: accuracy, or
+    per-bit accuracy for the bit tasks), ``eval_loss`` and ``train_loss`` (mean over the steps since the previous
+    evaluation) per evaluation, ``steps_trained``, and the wall time: ``seconds`` in all, ``eval_seconds`` of it
+    spent scoring.
     """
     import datasets
-    from accelerate import Accelerator
-    from torch.utils.data import DataLoader
+    from accelerate.utils import set_seed
 
+    from fpt_peft.arguments import FPTTrainingArguments
     from fpt_peft.data import TASKS, load_task
     from fpt_peft.modeling import build_model
-    from fpt_peft.training import evaluate_model
-    from fpt_peft.validation import model_inputs
+    from fpt_peft.training import train
 
     set_threads(run.threads)
     start = time.perf_counter()
-    torch.manual_seed(run.seed)
     takes_seed = "seed" in inspect.signature(TASKS[run.task]).parameters  # archive data (time series) is fixed
     task = load_task(run.task, **run.task_kwargs, **({"seed": run.seed} if takes_seed else {}))
-    spec = task.spec
-    accelerator = Accelerator(cpu=run.device == "cpu")  # the device, and evaluate_model's gather (one process)
-    options: dict[str, Any] = {**run.flags, **run.model_kwargs}
-    model = build_model(spec, run.model, init=run.init, seed=run.seed, **options)  # type: ignore[arg-type]
-    model.to(accelerator.device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=run.lr)
-    keys = model_inputs(spec)
-    train_loader: Iterable[dict[str, torch.Tensor]]
-    if isinstance(task.train, datasets.Dataset):
-        train_loader = DataLoader(
-            task.train,
-            batch_size=run.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=torch.Generator().manual_seed(run.seed),
-        )
-        if len(train_loader) == 0:
-            raise ValueError(
-                f"{run.task}: {len(task.train)} training examples, fewer than one batch of {run.batch_size}."
-            )
-        train_examples: int | None = len(task.train)
-    elif hasattr(task.train, "for_loader"):  # an endless stream: a fresh batch every step
-        train_loader = DataLoader(task.train.for_loader(run.batch_size), batch_size=run.batch_size)
-        train_examples = None
-    else:
-        raise ValueError(f"{run.task}: the training stream has no for_loader(batch_size) ({run.task_kwargs}).")
-    eval_loader = accelerator.prepare(DataLoader(task.eval, batch_size=run.eval_batch_size))
     curve: dict[str, list[Any]] = {"eval_steps": [], "accuracy": [], "eval_loss": [], "train_loss": []}
-    losses: list[float] = []
-
     eval_seconds = 0.0
 
-    def record(step: int) -> None:
+    def on_evaluate(step: int, scores: dict[str, float]) -> bool:
         nonlocal eval_seconds
-        started = time.perf_counter()
-        scores = evaluate_model(model, eval_loader, accelerator, spec.metric, keys)
+        eval_seconds += scores["eval_runtime"]
         curve["eval_steps"].append(step)
-        curve["accuracy"].append(scores[spec.metric])
+        curve["accuracy"].append(scores[task.spec.metric])
         curve["eval_loss"].append(finite_or_none(scores["eval_loss"]))  # None: diverged (NaN)
-        curve["train_loss"].append(finite_or_none(sum(losses) / len(losses)) if losses else None)
-        losses.clear()
-        eval_seconds += time.perf_counter() - started
+        curve["train_loss"].append(finite_or_none(scores["train_loss"]) if "train_loss" in scores else None)
+        return run.stop_at is not None and scores[task.spec.metric] >= run.stop_at
 
-    def converged() -> bool:
-        return run.stop_at is not None and curve["accuracy"][-1] >= run.stop_at
-
-    record(0)
-    model.train()
-    step = 0
-    while step < run.steps and not converged():
-        for batch in train_loader:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            loss = model(**{k: batch[k] for k in keys if k in batch}, labels=batch["labels"]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, run.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            step += 1
-            if step % run.eval_every == 0 or step == run.steps:
-                record(step)
-                if converged():
-                    break
-            if step >= run.steps:
-                break
+    set_seed(run.seed)
+    options: dict[str, Any] = {**run.flags, **run.model_kwargs}
+    model = build_model(task.spec, run.model, init=run.init, seed=run.seed, **options)  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory(prefix="curve-") as folder, open(Path(folder) / "log", "w") as log:
+        args = FPTTrainingArguments(
+            learning_rate=run.lr,
+            max_grad_norm=run.max_grad_norm,
+            batch_size=run.batch_size,
+            eval_batch_size=run.eval_batch_size,
+            max_steps=run.steps,
+            eval_every=run.eval_every,
+            log_every=run.eval_every,  # so that each evaluation gets the mean loss since the previous one
+            eval_on_start=True,
+            validation_fraction=0.0,  # the eval split is the curve (the learning rate is chosen on it: see lr_sweep)
+            save_every=0,
+            seed=run.seed,
+            output_dir=folder,
+            cpu=run.device == "cpu",
+        )
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            train(task, args, model=model, on_evaluate=on_evaluate)
+    steps_trained = curve["eval_steps"][-1]
     settings = {k: v for k, v in asdict(run).items() if k != "threads"}
     return {
         **settings,
-        "metric": spec.metric,
-        "train_examples": train_examples,  # None: an endless stream
-        "steps_trained": step,
+        "metric": task.spec.metric,
+        "train_examples": len(task.train) if isinstance(task.train, datasets.Dataset) else None,  # None: a stream
+        "steps_trained": steps_trained,
         "eval_examples": len(task.eval),
-        "trainable_parameters": sum(p.numel() for p in trainable),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         **curve,
         "final_accuracy": curve["accuracy"][-1],
         "seconds": time.perf_counter() - start,
@@ -607,7 +573,7 @@ def train_curve(run: CurveRun) -> dict[str, Any]:
 def run_curves(
     runs: Sequence[CurveRun], workers: int = 1, journal: SweepJournal | None = None
 ) -> list[dict[str, Any]]:
-    """Run :func:`train_curve` for every run, in ``workers`` processes of one thread each; results in input order.
+    """Run :func:`record_curve` for every run, in ``workers`` processes of one thread each; results in input order.
 
     Progress is printed as runs finish. Workers are spawned (not forked) so that each starts with fresh thread pools.
     With a ``journal``, the runs it holds are not trained again (their journaled results are returned) and every run
@@ -635,14 +601,14 @@ def run_curves(
 
     if workers <= 1:
         for index in pending:
-            done(index, train_curve(runs[index]))
+            done(index, record_curve(runs[index]))
     elif pending:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(train_curve, runs[index]): index for index in pending}
+            futures = {pool.submit(record_curve, runs[index]): index for index in pending}
             for future in as_completed(futures):
                 done(futures[future], future.result())
     return [r for r in results if r is not None]

@@ -100,6 +100,9 @@ class FPTTrainingArguments:
     eval_every: int = field(
         default=200, metadata={"help": "Evaluate on the validation split every N steps (0: only at the end)."}
     )
+    eval_on_start: bool = field(
+        default=False, metadata={"help": "Also evaluate before the first step (step 0), as transformers' option."}
+    )
     validation_fraction: float = field(
         default=0.1,
         metadata={

@@ -24,6 +24,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .data.spec import TaskData, TaskSpec
+from .loss import fpt_loss
 
 
 class NoLM(nn.Module, PyTorchModelHubMixin):  # type: ignore[misc]
@@ -88,9 +89,7 @@ class NoLM(nn.Module, PyTorchModelHubMixin):  # type: ignore[misc]
         logits = self.fpt_output(hidden.flatten(1)).view(len(hidden), self.num_outputs, self.num_classes)
         if self.num_outputs == 1:
             logits = logits[:, 0]
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.reshape(-1, self.num_classes).float(), labels.reshape(-1))
+        loss = None if labels is None else fpt_loss(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 

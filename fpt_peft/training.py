@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +33,7 @@ from .batches import EpochSampler, stream_batches
 from .checkpoints import TrainingProgress, install_adapter_state_hooks, remove_checkpoints, save_checkpoint
 from .data.spec import TaskData
 from .health import HEALTH, NonFiniteError, check_health
+from .loss import fpt_loss
 from .metrics import load_metric
 from .modeling import build_model
 from .outputs import save_outputs
@@ -51,7 +53,18 @@ from .sharding import (
 )
 from .validation import check_task_data, model_inputs
 
-__all__ = ["EpochSampler", "NonFiniteError", "evaluate_model", "float32_matmul_precision", "make_optimizer", "train"]
+__all__ = [
+    "EpochSampler",
+    "EvaluationCallback",
+    "NonFiniteError",
+    "evaluate_model",
+    "float32_matmul_precision",
+    "make_optimizer",
+    "train",
+]
+
+EvaluationCallback = Callable[[int, dict[str, float]], "bool | None"]
+"""``on_evaluate(step, scores)`` of :func:`train`: called after every evaluation; returning True stops the run."""
 
 
 def _model_batch(batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -70,13 +83,7 @@ def evaluate_model(
     for batch in loader:
         logits = model(**_model_batch(batch, keys)).logits
         labels = batch["labels"]
-        losses = (
-            torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none"
-            )
-            .reshape(labels.shape[0], -1)
-            .mean(dim=1)
-        )
+        losses = fpt_loss(logits, labels, per_example=True)
         predictions, references, losses = accelerator.gather_for_metrics((logits.argmax(dim=-1), labels, losses))
         metric.add_batch(predictions=predictions.cpu().numpy(), references=references.cpu().numpy())
         loss_sum += float(losses.sum())
@@ -106,7 +113,10 @@ def _tracker_config(args: FPTTrainingArguments, task: TaskData) -> dict[str, Any
 
 
 def train(
-    task: TaskData, args: FPTTrainingArguments | argparse.Namespace, model: torch.nn.Module | None = None
+    task: TaskData,
+    args: FPTTrainingArguments | argparse.Namespace,
+    model: torch.nn.Module | None = None,
+    on_evaluate: EvaluationCallback | None = None,
 ) -> dict[str, float]:
     """Train an FPT model on ``task`` with Accelerate; returns the final evaluation metrics.
 
@@ -114,6 +124,12 @@ def train(
     checked them once already). ``model`` replaces the one ``args`` describes
     (:func:`~fpt_peft.modeling.build_model`): a control such as :class:`~fpt_peft.controls.NoLM`, trained,
     checkpointed and scored the same way, and saved to ``output_dir/adapter`` by its own ``save_pretrained``.
+
+    ``on_evaluate(step, scores)`` is called on every process after each evaluation during training (every
+    ``eval_every`` steps, at the last step, and at step 0 with ``eval_on_start``) with the scores of the split
+    evaluated (the validation split if there is one, else the eval split): the task's metric, ``eval_loss``,
+    ``eval_runtime`` (seconds) and, when the step logged it, ``train_loss`` (the mean since the previous log).
+    Returning True stops training there, as an early stop does: a last checkpoint, then the finish.
 
     Every check (arguments, data against its spec, model, sequence length against the model's positions, output
     folder: earlier runs, write permission, free space for the checkpoints and adapter) runs before the first step.
@@ -133,6 +149,7 @@ def train(
         raise ValueError("--tf32 is a CUDA matrix-product mode, and this run has no CUDA device; leave it out.")
     with float32_matmul_precision("high" if args.tf32 else None):
         run = _set_up(task, args, model, preset, output_dir_checked=checked is not None)
+        run.on_evaluate = on_evaluate
         try:
             _loop(run)
         finally:
@@ -179,6 +196,7 @@ class _Run:
     metrics: dict[str, float] = field(default_factory=dict)
     evaluated_at: int = -1
     bar: Any = None
+    on_evaluate: EvaluationCallback | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -381,6 +399,8 @@ def _loop(run: _Run) -> None:
     accelerator, args, progress = run.accelerator, run.args, run.progress
     embeds = None if run.task.spec.is_symbolic else "inputs_embeds"
     watch = _Watch(run, embeds)
+    if args.eval_on_start and progress.step == 0 and _evaluate(run, {}):
+        return
     run.model.train()
     while progress.step < args.max_steps:
         for batch in _epoch_batches(run):
@@ -473,7 +493,7 @@ class _Watch:
 
 def _after_step(run: _Run, watch: _Watch) -> bool:
     """Log, evaluate and save as the step's number asks; whether training stops early here."""
-    accelerator, args, step, spec = run.accelerator, run.args, run.progress.step, run.task.spec
+    accelerator, args, step = run.accelerator, run.args, run.progress.step
     logs = step % args.log_every == 0 or step == args.max_steps
     evaluates = bool(args.eval_every and step % args.eval_every == 0) or step == args.max_steps
     saves = bool(args.save_every and step % args.save_every == 0) or step == args.max_steps
@@ -481,28 +501,40 @@ def _after_step(run: _Run, watch: _Watch) -> bool:
         watch.check_weights(step)
     if logs or evaluates or saves:
         watch.check()
+    logged: dict[str, float] = {}
     if logs:
-        train_loss = watch.mean_loss()
-        run.bar.set_postfix(loss=f"{train_loss:.4f}")
-        accelerator.log({"train_loss": train_loss, "lr": run.scheduler.get_last_lr()[0]}, step=step)
+        logged["train_loss"] = watch.mean_loss()
+        run.bar.set_postfix(loss=f"{logged['train_loss']:.4f}")
+        accelerator.log({**logged, "lr": run.scheduler.get_last_lr()[0]}, step=step)
+    stop = evaluates and _evaluate(run, logged)
+    if saves or stop:
+        save_checkpoint(accelerator, run.checkpoints, step, args.keep_checkpoints, run.write_sharded_state)
+    return stop
+
+
+def _evaluate(run: _Run, logged: dict[str, float]) -> bool:
+    """Score the validation split (keeping the best step) or, without one, the eval split (for the record only);
+    log it, and tell ``on_evaluate``. Whether training stops here (early stopping, or ``on_evaluate``)."""
+    accelerator, step, spec = run.accelerator, run.progress.step, run.task.spec
+    started = time.perf_counter()
     stop = False
-    if evaluates and run.validation_loader is None:  # no held-out data: the eval split, for the record only
-        run.metrics = evaluate_model(run.model, run.eval_loader, accelerator, spec.metric, run.keys)
+    if run.validation_loader is None:  # no held-out data: the eval split, for the record only
+        scores = run.metrics = evaluate_model(run.model, run.eval_loader, accelerator, spec.metric, run.keys)
         run.evaluated_at = step
-        accelerator.log({f"eval_{k}" if k != "eval_loss" else k: v for k, v in run.metrics.items()}, step=step)
-        accelerator.print(_describe(step, run.metrics))
-    elif evaluates:
-        assert run.validation_loader is not None
-        held = evaluate_model(run.model, run.validation_loader, accelerator, spec.metric, run.keys)
-        run.best.update(step, held[spec.metric], held["eval_loss"], run.trainable, run.keep == "best")
-        accelerator.log({f"validation_{k.removeprefix('eval_')}": v for k, v in held.items()}, step=step)
-        accelerator.print(_describe(step, held, "validation "))
-        patience = args.early_stopping_patience
+        accelerator.log({f"eval_{k}" if k != "eval_loss" else k: v for k, v in scores.items()}, step=step)
+        accelerator.print(_describe(step, scores))
+    else:
+        scores = evaluate_model(run.model, run.validation_loader, accelerator, spec.metric, run.keys)
+        run.best.update(step, scores[spec.metric], scores["eval_loss"], run.trainable, run.keep == "best")
+        accelerator.log({f"validation_{k.removeprefix('eval_')}": v for k, v in scores.items()}, step=step)
+        accelerator.print(_describe(step, scores, "validation "))
+        patience = run.args.early_stopping_patience
         stop = bool(patience) and run.best.evaluations_since >= patience
         if stop:
             accelerator.print(f"Early stop at step {step}: {patience} evaluations without a better one.")
-    if saves or stop:
-        save_checkpoint(accelerator, run.checkpoints, step, args.keep_checkpoints, run.write_sharded_state)
+    if run.on_evaluate is not None:
+        told = run.on_evaluate(step, {**scores, "eval_runtime": time.perf_counter() - started, **logged})
+        stop = stop or bool(told)
     return stop
 
 

@@ -1,4 +1,4 @@
-"""The accuracy benchmarks' training runs (:func:`benchmarks.common.train_curve`): endless streams, stopping at
+"""The accuracy benchmarks' training runs (:func:`benchmarks.common.record_curve`): endless streams, stopping at
 convergence, the full-size plans' agreement with ``--preset paper``, and sweeps resumed from their journal."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.common import FULL_SIZE_PLANS, CurveRun, run_curves, summarize_sweep, train_curve
+from benchmarks.common import FULL_SIZE_PLANS, CurveRun, record_curve, run_curves, summarize_sweep
 from benchmarks.sweep_journal import SweepJournal, journal_path
 from fpt_peft.presets import paper_defaults
 
@@ -29,7 +29,7 @@ def _run(**changes: Any) -> dict[str, Any]:
         "eval_batch_size": 8,
         "model_kwargs": {"input_dropout": 0.1},
     }
-    return train_curve(CurveRun(**{**settings, **changes}))
+    return record_curve(CurveRun(**{**settings, **changes}))
 
 
 def test_an_endless_stream_trains_the_requested_steps() -> None:
@@ -168,3 +168,30 @@ def test_the_saved_full_size_runs_trained_todays_plans_for_at_most_the_papers_st
         kwargs = {k: v for k, v in run["task_kwargs"].items() if k != "num_train"}  # the GPU ListOps run's own size
         assert kwargs == plan.task_kwargs and run["model_kwargs"] == plan.model_kwargs, run["task"]
         assert run["batch_size"] == plan.batch_size and run["steps"] <= plan.steps, run["task"]
+
+
+@pytest.mark.parametrize(
+    "name, task, init",
+    [
+        ("pretrained_vs_random", "digits", "random"),
+        ("ablation", "digits", "+ input"),
+        ("full_size-bit_memory", "bit_memory", "pretrained"),
+    ],
+)
+def test_todays_loop_builds_the_saved_runs_models_exactly(name: str, task: str, init: str) -> None:
+    """docs/results.md says the saved curves' runs train today through fpt_peft.training.train with the same model:
+    its step-0 scores (before any step) equal the saved ones."""
+    from dataclasses import fields
+
+    from benchmarks.common import RESULTS_DIR
+
+    saved = next(
+        r
+        for r in json.loads((RESULTS_DIR / f"{name}.json").read_text())["runs"]
+        if r["task"] == task and r["label"] == init and r["seed"] == 0
+    )
+    run = CurveRun(**{f.name: saved[f.name] for f in fields(CurveRun) if f.name in saved})
+    today = record_curve(replace(run, stop_at=0.0))  # every accuracy reaches 0: scored at step 0, then stopped
+    assert today["steps_trained"] == 0 and today["trainable_parameters"] == saved["trainable_parameters"]
+    assert today["accuracy"][0] == saved["accuracy"][0]
+    assert today["eval_loss"][0] == pytest.approx(saved["eval_loss"][0], rel=1e-5)

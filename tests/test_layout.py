@@ -8,7 +8,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "fpt_peft"
 TUNER_MAY_IMPORT = {"torch", "peft", "transformers", "safetensors"}
 # the adapter-file side the tuner's config calls on save and load (pure: it imports nothing of the tuner)
-TUNER_HELPERS = {"fpt_peft.adapter_files", "fpt_peft.blocks", "fpt_peft.durable", "fpt_peft.tuner_checks"}
+TUNER_HELPERS = {
+    "fpt_peft.adapter_files",
+    "fpt_peft.blocks",
+    "fpt_peft.durable",
+    "fpt_peft.loss",
+    "fpt_peft.tuner_checks",
+}
 STANDARD_LIBRARY = {"__future__", "collections", "copy", "dataclasses", "enum", "functools", "hashlib", "inspect"}
 STANDARD_LIBRARY |= {
     "json",

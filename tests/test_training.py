@@ -50,9 +50,12 @@ def xor_unseen() -> TaskData:
     return dataclasses.replace(task, eval=task.eval.select(unseen))
 
 
-def run(task: TaskData, model: str, out: Path, **kw: Any) -> dict[str, float]:
+def run(
+    task: TaskData, model: str, out: Path, on_evaluate: training.EvaluationCallback | None = None, **kw: Any
+) -> dict[str, float]:
     defaults: dict[str, Any] = {"max_steps": 10, "batch_size": 8, "eval_every": 0, "save_every": 0}
-    return train(task, FPTTrainingArguments(model=model, output_dir=str(out), **{**defaults, **kw}))
+    args = FPTTrainingArguments(model=model, output_dir=str(out), **{**defaults, **kw})
+    return train(task, args, on_evaluate=on_evaluate)
 
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -396,3 +399,59 @@ def test_a_recipe_run_builds_and_checks_its_options_once_and_again_only_if_they_
     args = parse_recipe_args(parser, [*argv[:-1], str(tmp_path / "b")], task="bit_xor")
     args.max_steps = 3  # changed after parsing: the snapshot is stale, so train builds and checks afresh
     assert train(xor, args)["step"] == 3 and calls[-2:] == [tmp_path / "b", tmp_path / "b"] and len(calls) == 3
+
+
+# ---------------------------------------------------------------------------------------------------- on_evaluate
+def test_on_evaluate_sees_every_evaluation_from_step_0_and_can_stop_the_run(tiny: str, tmp_path: Path) -> None:
+    """``eval_on_start`` scores the untrained model at step 0; ``on_evaluate`` gets each evaluation's scores (the
+    metric, the loss, its runtime, the training loss since the last log) and ends the run when it returns True."""
+    task = load_task("digits")
+    seen: list[tuple[int, dict[str, float]]] = []
+
+    def record(step: int, scores: dict[str, float]) -> bool:
+        seen.append((step, scores))
+        return False
+
+    options: dict[str, Any] = {"eval_every": 4, "log_every": 4, "validation_fraction": 0.0, "batch_size": 16}
+    metrics = run(task, tiny, tmp_path / "all", max_steps=12, eval_on_start=True, **options, on_evaluate=record)
+    assert [step for step, _ in seen] == [0, 4, 8, 12]
+    assert "train_loss" not in seen[0][1] and all(scores["train_loss"] > 0 for _, scores in seen[1:])
+    assert all(scores["eval_runtime"] > 0 and scores["eval_loss"] > 0 for _, scores in seen)
+    assert seen[-1][1]["accuracy"] == metrics["accuracy"] and metrics["step"] == 12
+    assert seen[0][1]["eval_loss"] > seen[-1][1]["eval_loss"]  # it learned between the first and last score
+
+    stopped = run(task, tiny, tmp_path / "stop", max_steps=12, **options, on_evaluate=lambda step, _: step >= 4)
+    assert stopped["step"] == 4  # stopped at the first evaluation that asked; the adapter saved there
+    assert [p.name for p in list_checkpoints(tmp_path / "stop/checkpoints")] == ["step_000004"]
+    assert (tmp_path / "stop/adapter/adapter_model.safetensors").is_file()
+
+
+def test_on_evaluate_gets_the_validation_scores_when_there_is_a_validation_split(tiny: str, tmp_path: Path) -> None:
+    task = load_task("digits")
+    seen: list[dict[str, float]] = []
+    metrics = run(
+        task, tiny, tmp_path, max_steps=8, eval_every=4, validation_fraction=0.2,
+        on_evaluate=lambda step, scores: seen.append(scores),
+    )  # fmt: skip
+    assert len(seen) == 2  # the validation scores it was told are the ones that chose the kept step
+    kept = max(range(2), key=lambda i: (seen[i]["accuracy"], -seen[i]["eval_loss"], -i))
+    assert metrics["kept_step"] == 4 * (kept + 1) and metrics["validation_accuracy"] == seen[kept]["accuracy"]
+
+
+def test_one_loss_formula_ignores_masked_positions_per_example_as_in_the_mean() -> None:
+    """``fpt_loss`` is the tuner's loss, NoLM's and the evaluation's: ``-100`` positions count in none of them."""
+    from fpt_peft.controls import NoLM
+    from fpt_peft.loss import fpt_loss
+
+    logits, labels = torch.randn(3, 4, 5), torch.randint(0, 5, (3, 4))
+    labels[0, 1] = labels[2, :3] = -100
+    per_example = fpt_loss(logits, labels, per_example=True)
+    for i in range(3):  # each example: the mean over its counted positions only
+        counted = labels[i] != -100
+        expected = torch.nn.functional.cross_entropy(logits[i][counted], labels[i][counted])
+        assert torch.allclose(per_example[i], expected)
+    expected_mean = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), labels.reshape(-1))
+    assert torch.allclose(fpt_loss(logits, labels), expected_mean)
+    control = NoLM(hidden_size=8, max_tokens=2, num_classes=5, num_outputs=4, input_dim=3)
+    out = control(inputs_embeds=torch.randn(3, 2, 3), labels=labels)
+    assert torch.equal(out.loss, fpt_loss(out.logits, labels))

@@ -32,6 +32,7 @@ from transformers.utils import ModelOutput
 from .. import tuner_checks
 from ..adapter_files import CheckedAdapterLoads
 from ..blocks import BlockCut, block_list, text_config_of
+from ..loss import fpt_loss
 from .config import FPTConfig
 from .discovery import POSITION_NAMES, base_fingerprint, discover, hidden_size_of, is_norm, position_capacity
 from .layer import FPTInputLayer, FPTLayer, FPTModuleLayer, FPTOutputLayer, FPTParameterLayer
@@ -430,7 +431,7 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     labels = labels.to(logits.device)
     tuner_checks.check_labels(logits, labels)
     try:
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+        return fpt_loss(logits, labels)
     except IndexError as exc:
         found = f"got values in [{labels.min().item()}, {labels.max().item()}] ({exc})"
         raise ValueError(f"{tuner_checks.LABEL_MESSAGE.format(classes=logits.shape[-1])}; {found}.") from exc
