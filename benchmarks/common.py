@@ -606,8 +606,11 @@ def run_curves(
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        from fpt_peft.compare import exit_with_parent
+
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pool = ProcessPoolExecutor(workers, context, initializer=exit_with_parent, initargs=(os.getpid(),))
+        with pool:  # a killed sweep's workers end with it, instead of finishing their run as orphans
             futures = {pool.submit(record_curve, runs[index]): index for index in pending}
             for future in as_completed(futures):
                 done(futures[future], future.result())

@@ -147,3 +147,16 @@ def run_benchmark_quick(module: str, out_dir: Path, name: str, *extra: str) -> d
     assert data["benchmark"] == module and data["quick"] is True
     assert {"torch", "transformers", "peft", "fpt_peft", "device"} <= set(data["environment"])
     return data
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found

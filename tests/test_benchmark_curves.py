@@ -4,6 +4,10 @@ convergence, the full-size plans' agreement with ``--preset paper``, and sweeps 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,9 @@ import pytest
 from benchmarks.common import FULL_SIZE_PLANS, CurveRun, record_curve, run_curves, summarize_sweep
 from benchmarks.sweep_journal import SweepJournal, journal_path
 from fpt_peft.presets import paper_defaults
+
+from .helpers import child_processes
+from .training_utils import ROOT, offline_env
 
 STREAM = {"n_bits": 5, "patch_size": 5, "values": "01", "stream": True, "num_eval": 8}
 
@@ -195,3 +202,29 @@ def test_todays_loop_builds_the_saved_runs_models_exactly(name: str, task: str, 
     assert today["steps_trained"] == 0 and today["trainable_parameters"] == saved["trainable_parameters"]
     assert today["accuracy"][0] == saved["accuracy"][0]
     assert today["eval_loss"][0] == pytest.approx(saved["eval_loss"][0], rel=1e-5)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_killed_sweeps_workers_end_with_it_mid_run(tmp_path: Path) -> None:
+    """SIGKILL on a sweep (no clean-up runs) ends its worker processes in the middle of their runs."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    args = ["--tasks", "digits", "--lrs", "1e-3", "--confirm-seeds", "--steps-scale", "1000"]  # 4e5 steps
+    command = [sys.executable, "-m", "benchmarks.pretrained_vs_random", *args, "--out-dir", str(tmp_path)]
+    env = {**offline_env(), "TMPDIR": str(scratch)}  # where each run's temporary output folder appears
+    parent = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(scratch.glob("curve-*/log"))) < 2:  # both workers are inside a run
+            assert parent.poll() is None and time.monotonic() < deadline, parent.stderr and parent.stderr.read()
+            time.sleep(0.5)
+        workers = child_processes(parent.pid)
+        assert workers, "no worker processes found"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while (alive := [pid for pid in workers if os.path.exists(f"/proc/{pid}")]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive, f"workers {alive} outlived the sweep"
+    assert not list(tmp_path.glob("*.runs.jsonl")) or not (tmp_path / "pretrained_vs_random.runs.jsonl").read_text()

@@ -25,7 +25,7 @@ from fpt_peft.modeling import build_model, load_backbone
 from fpt_peft.selection import with_validation
 from fpt_peft.training import train
 
-from .helpers import perturb_adapter
+from .helpers import child_processes, perturb_adapter
 from .test_own_data import write_series, write_table
 from .training_utils import ROOT, offline_env, save_tiny_backbone
 
@@ -116,19 +116,6 @@ def test_resume_runs_only_what_is_missing_and_ends_with_the_same_numbers(tiny: s
     assert "other settings" in other
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (Linux's /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 def test_workers_end_when_the_comparison_is_killed(tiny: str, tmp_path: Path) -> None:
     """SIGKILL on the comparison (no clean-up runs) still ends its worker processes mid-run, not after their runs."""
@@ -143,7 +130,7 @@ def test_workers_end_when_the_comparison_is_killed(tiny: str, tmp_path: Path) ->
         while len(list(out.glob("runs/*/log.txt"))) < 2:  # both workers are inside a run
             assert parent.poll() is None and time.monotonic() < deadline, parent.stderr and parent.stderr.read()
             time.sleep(0.5)
-        workers = _children(parent.pid)
+        workers = child_processes(parent.pid)
         assert workers, "no worker processes found"
     finally:
         parent.kill()
