@@ -101,7 +101,8 @@ class FPTTrainingArguments:
         default=200, metadata={"help": "Evaluate on the validation split every N steps (0: only at the end)."}
     )
     eval_on_start: bool = field(
-        default=False, metadata={"help": "Also evaluate before the first step (step 0), as transformers' option."}
+        default=False,
+        metadata={"help": "Also evaluate before the first step (step 0; with a validation split, it can be kept)."},
     )
     validation_fraction: float = field(
         default=0.1,

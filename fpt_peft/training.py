@@ -129,7 +129,7 @@ def train(
     ``eval_every`` steps, at the last step, and at step 0 with ``eval_on_start``) with the scores of the split
     evaluated (the validation split if there is one, else the eval split): the task's metric, ``eval_loss``,
     ``eval_runtime`` (seconds) and, when the step logged it, ``train_loss`` (the mean since the previous log).
-    Returning True stops training there, as an early stop does: a last checkpoint, then the finish.
+    Returning True (on any process) stops training there, as an early stop does: a last checkpoint, then the finish.
 
     Every check (arguments, data against its spec, model, sequence length against the model's positions, output
     folder: earlier runs, write permission, free space for the checkpoints and adapter) runs before the first step.
@@ -533,8 +533,10 @@ def _evaluate(run: _Run, logged: dict[str, float]) -> bool:
         if stop:
             accelerator.print(f"Early stop at step {step}: {patience} evaluations without a better one.")
     if run.on_evaluate is not None:
-        told = run.on_evaluate(step, {**scores, "eval_runtime": time.perf_counter() - started, **logged})
-        stop = stop or bool(told)
+        told = bool(run.on_evaluate(step, {**scores, "eval_runtime": time.perf_counter() - started, **logged}))
+        if accelerator.num_processes > 1:  # one process asking stops them all (or the others would wait forever)
+            told = bool(accelerator.reduce(torch.tensor(int(told), device=accelerator.device), reduction="sum") > 0)
+        stop = stop or told
     return stop
 
 

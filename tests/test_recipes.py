@@ -161,6 +161,34 @@ def test_two_process_run_is_really_distributed(tiny: str, tmp_path: Path) -> Non
     assert saved and "2 process(es)" in done.stdout
 
 
+STOPPING_SCRIPT = """
+import json, os, sys
+from fpt_peft.arguments import FPTTrainingArguments
+from fpt_peft.data import load_task
+from fpt_peft.training import train
+
+rank = int(os.environ["RANK"])
+args = FPTTrainingArguments(
+    model=sys.argv[1], output_dir=sys.argv[2], max_steps=40, eval_every=4, save_every=0, batch_size=8,
+    validation_fraction=0.0, cpu=True,
+)
+metrics = train(load_task("digits"), args, on_evaluate=lambda step, scores: rank == 1 and step >= 8)
+print(json.dumps({"rank": rank, "step": metrics["step"]}))
+"""
+
+
+def test_on_evaluate_asking_on_one_process_stops_every_process(tiny: str, tmp_path: Path) -> None:
+    """Only process 1's callback asks to stop at step 8: both stop there (alone, process 0 would wait forever)."""
+    script = tmp_path / "stopping.py"
+    script.write_text(STOPPING_SCRIPT)
+    launch = ["-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate_configs/cpu_2proc.yaml"]
+    launch += ["--main_process_port", str(_free_port()), str(script), tiny, str(tmp_path / "run")]
+    done = run_python(launch, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = sorted(json.loads(line)["step"] for line in done.stdout.splitlines() if line.startswith("{"))
+    assert reports == [8, 8], done.stdout[-2000:]
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(tiny: str, tmp_path: Path) -> None:
     """SIGKILL a run after a checkpoint exists; ``--resume`` continues at that step, weights and data position."""
     out = tmp_path / "killed"
