@@ -575,7 +575,8 @@ def run_curves(
 ) -> list[dict[str, Any]]:
     """Run :func:`record_curve` for every run, in ``workers`` processes of one thread each; results in input order.
 
-    Progress is printed as runs finish. Workers are spawned (not forked) so that each starts with fresh thread pools.
+    Progress is printed as runs finish. Workers are spawned (:func:`fpt_peft.jobs.run_jobs`), so that each starts
+    with fresh thread pools; they end with a killed sweep, and a failed run stops the sweep (the running ones finish).
     With a ``journal``, the runs it holds are not trained again (their journaled results are returned) and every run
     trained is journaled as it finishes.
     """
@@ -603,17 +604,17 @@ def run_curves(
         for index in pending:
             done(index, record_curve(runs[index]))
     elif pending:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from fpt_peft.jobs import run_jobs
 
-        from fpt_peft.compare import exit_with_parent
+        index_of = {id(runs[index]): index for index in pending}
 
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(workers, context, initializer=exit_with_parent, initargs=(os.getpid(),))
-        with pool:  # a killed sweep's workers end with it, instead of finishing their run as orphans
-            futures = {pool.submit(record_curve, runs[index]): index for index in pending}
-            for future in as_completed(futures):
-                done(futures[future], future.result())
+        def describe(run: CurveRun) -> str:
+            return f"{run.task} {run.label} lr {run.lr:g} seed {run.seed} failed"
+
+        # A killed sweep's workers end with it; a failed run cancels the runs not yet started.
+        run_jobs(
+            record_curve, [runs[i] for i in pending], workers, lambda r, res: done(index_of[id(r)], res), describe
+        )
     return [r for r in results if r is not None]
 
 

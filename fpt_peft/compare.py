@@ -28,22 +28,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
 import shutil
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from .arguments import add_own_data_args, own_data_options, run_recipe
 from .baselines import BASELINES, BASELINES_BY_KIND
+from .jobs import run_jobs
 from .pretrained import DEFAULT_MODEL, check_model_name
 
 ARMS: dict[str, dict[str, Any]] = {
@@ -184,26 +183,14 @@ def _load(settings: dict[str, Any]) -> Any:
     return _TASKS[key]
 
 
-def exit_with_parent(parent: int) -> None:
-    """Worker initializer: end this worker when the comparison's process ``parent`` is gone (killed, not just
-    interrupted), instead of finishing its run and idling as an orphan."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def run_job(job: Job, settings: dict[str, Any], folder: str, threads: int | None = None) -> dict[str, Any]:
-    """Run ``job`` (its output and log in ``folder``) and return its scores: ``test``, ``validation``, and for
-    trained arms ``validation_loss``, ``kept_step`` and ``seconds``."""
+def run_job(job: Job, settings: dict[str, Any], runs_dir: str, threads: int | None = None) -> dict[str, Any]:
+    """Run ``job`` (its output and log in ``runs_dir/<job name>``) and return its scores: ``test``, ``validation``,
+    and for trained arms ``validation_loss``, ``kept_step`` and ``seconds``."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    run_dir = Path(folder)
+    run_dir = Path(runs_dir) / job.name
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         started = time.perf_counter()
@@ -458,29 +445,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), initial=len(results), desc="compare: runs", unit="run")
-    context = get_context("spawn")  # fresh processes: no CUDA or thread state is inherited
-    pool = ProcessPoolExecutor(args.workers, context, initializer=exit_with_parent, initargs=(os.getpid(),))
-    with pool:
-        pending: dict[Future[dict[str, Any]], Job] = {
-            pool.submit(run_job, job, settings, str(runs_dir / job.name), threads): job for job in todo
-        }
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                job = pending.pop(future)
-                try:
-                    scores = future.result()
-                except Exception as exc:
-                    for other in pending:
-                        other.cancel()
-                    raise type(exc)(
-                        f"Run {job.name} failed (its log: {runs_dir / job.name / 'log.txt'}): {exc}"
-                    ) from exc
-                result = {"arm": job.arm, "seed": job.seed, "lr": job.lr, **scores}
-                write_text_atomically(runs_dir / f"{job.name}.json", json.dumps(result, indent=2) + "\n")
-                results[job.name] = result
-                bar.update(1)
-                bar.set_postfix_str(f"{job.name}: test {scores['test']:.3f}")
+
+    def record(job: Job, scores: dict[str, Any]) -> None:
+        result = {"arm": job.arm, "seed": job.seed, "lr": job.lr, **scores}
+        write_text_atomically(runs_dir / f"{job.name}.json", json.dumps(result, indent=2) + "\n")
+        results[job.name] = result
+        bar.update(1)
+        bar.set_postfix_str(f"{job.name}: test {scores['test']:.3f}")
+
+    run = functools.partial(run_job, settings=settings, runs_dir=str(runs_dir), threads=threads)
+
+    def describe(job: Job) -> str:
+        return f"Run {job.name} failed (its log: {runs_dir / job.name / 'log.txt'})"
+
+    run_jobs(run, todo, args.workers, record, describe)
     bar.close()
 
     summary = summarize(arms, args.seeds, results)

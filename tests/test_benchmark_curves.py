@@ -228,3 +228,10 @@ def test_a_killed_sweeps_workers_end_with_it_mid_run(tmp_path: Path) -> None:
         time.sleep(0.5)
     assert not alive, f"workers {alive} outlived the sweep"
     assert not list(tmp_path.glob("*.runs.jsonl")) or not (tmp_path / "pretrained_vs_random.runs.jsonl").read_text()
+
+
+def test_a_failed_run_stops_the_sweep_naming_the_run() -> None:
+    base = CurveRun("bit_xor", "pretrained", 1e-3, STREAM, steps=2, batch_size=2, eval_every=2, eval_batch_size=8)
+    broken = replace(base, lr=3e-3, task_kwargs={"n_bits": 5, "patch_size": 5, "num_train": 1, "num_eval": 8})
+    with pytest.raises(ValueError, match=r"^bit_xor pretrained lr 0\.003 seed 0 failed: The train split has 1 "):
+        run_curves([broken, *(replace(base, seed=seed) for seed in range(6))], workers=2)
