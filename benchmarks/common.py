@@ -611,10 +611,11 @@ def run_curves(
         def describe(run: CurveRun) -> str:
             return f"{run.task} {run.label} lr {run.lr:g} seed {run.seed} failed"
 
+        def finished(run: CurveRun, result: dict[str, Any]) -> None:
+            done(index_of[id(run)], result)
+
         # A killed sweep's workers end with it; a failed run cancels the runs not yet started.
-        run_jobs(
-            record_curve, [runs[i] for i in pending], workers, lambda r, res: done(index_of[id(r)], res), describe
-        )
+        run_jobs(record_curve, [runs[i] for i in pending], workers, finished, describe)
     return [r for r in results if r is not None]
 
 
