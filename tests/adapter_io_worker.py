@@ -32,6 +32,11 @@ import torch
 
 torch.set_num_threads(1)  # before any op: the process forks
 
+import tqdm  # noqa: E402
+
+# No tqdm monitor thread either: a child forked while it holds tqdm's lock would hang at its first progress bar.
+tqdm.tqdm.monitor_interval = 0
+
 import transformers  # noqa: E402
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict  # noqa: E402
 
